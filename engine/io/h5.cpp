@@ -1,0 +1,277 @@
+#include "engine/io/h5.h"
+
+#include <hdf5.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+
+#include "engine/error.h"
+
+namespace engine::io {
+namespace {
+
+constexpr int kMaxRank = 8;
+constexpr int64_t kMaxElements = int64_t(1) << 33;  // 32 GiB of float32: larger is not a weight file
+
+// HDF5 prints its error stack by default; the engine reports errors itself.
+void silence_hdf5() {
+  static const bool done = [] {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    return true;
+  }();
+  (void)done;
+}
+
+// Closes an HDF5 handle at scope exit.
+struct Handle {
+  hid_t id;
+  herr_t (*close)(hid_t);
+  Handle(hid_t i, herr_t (*c)(hid_t)) : id(i), close(c) {}
+  ~Handle() {
+    if (id >= 0) close(id);
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+};
+
+[[noreturn]] void fail(const std::string& path, const std::string& what) {
+  throw Error(path + ": " + what);
+}
+
+Shape dataset_shape(const std::string& path, const std::string& name, hid_t ds) {
+  Handle space(H5Dget_space(ds), H5Sclose);
+  if (space.id < 0) fail(path, "dataset '" + name + "': cannot read its dataspace");
+  const int rank = H5Sget_simple_extent_ndims(space.id);
+  if (rank < 0 || rank > kMaxRank)
+    fail(path, "dataset '" + name + "': rank " + std::to_string(rank) + " is not supported");
+  hsize_t dims[kMaxRank] = {};
+  H5Sget_simple_extent_dims(space.id, dims, nullptr);
+  Shape shape;
+  int64_t total = 1;
+  for (int i = 0; i < rank; ++i) {
+    if (dims[i] > static_cast<hsize_t>(kMaxElements))
+      fail(path, "dataset '" + name + "': dimension too large");
+    shape.push_back(static_cast<int64_t>(dims[i]));
+    total *= static_cast<int64_t>(dims[i]);
+    if (total > kMaxElements) fail(path, "dataset '" + name + "': too many elements");
+  }
+  return shape;
+}
+
+}  // namespace
+
+// ---- reader --------------------------------------------------------------------------
+
+H5Reader::H5Reader(const std::string& path) : path_(path) {
+  silence_hdf5();
+  if (!std::filesystem::exists(path)) fail(path, "no such file");
+  if (H5Fis_hdf5(path.c_str()) <= 0) fail(path, "not an HDF5 file (or truncated)");
+  file_ = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (file_ < 0) fail(path, "cannot open as HDF5 (corrupt or truncated)");
+}
+
+H5Reader::~H5Reader() {
+  if (file_ >= 0) H5Fclose(file_);
+}
+
+std::vector<std::string> H5Reader::names() const {
+  std::vector<std::string> out;
+  H5G_info_t info;
+  if (H5Gget_info(file_, &info) < 0) fail(path_, "cannot list the root group");
+  for (hsize_t i = 0; i < info.nlinks; ++i) {
+    const ssize_t len = H5Lget_name_by_idx(file_, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+    if (len < 0) fail(path_, "cannot read a link name in the root group");
+    std::string name(static_cast<size_t>(len), '\0');
+    H5Lget_name_by_idx(file_, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), static_cast<size_t>(len) + 1,
+                       H5P_DEFAULT);
+#if H5_VERSION_GE(1, 12, 0)
+    H5O_info2_t oinfo;
+    const herr_t rc = H5Oget_info_by_name3(file_, name.c_str(), &oinfo, H5O_INFO_BASIC, H5P_DEFAULT);
+#else
+    H5O_info_t oinfo;
+    const herr_t rc = H5Oget_info_by_name2(file_, name.c_str(), &oinfo, H5O_INFO_BASIC, H5P_DEFAULT);
+#endif
+    if (rc >= 0 &&
+        oinfo.type == H5O_TYPE_DATASET)
+      out.push_back(name);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+bool H5Reader::has(const std::string& name) const {
+  return H5Lexists(file_, name.c_str(), H5P_DEFAULT) > 0;
+}
+
+Shape H5Reader::shape_of(const std::string& name) const {
+  if (!has(name)) fail(path_, "missing dataset '" + name + "'");
+  Handle ds(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), H5Dclose);
+  if (ds.id < 0) fail(path_, "cannot open dataset '" + name + "'");
+  return dataset_shape(path_, name, ds.id);
+}
+
+std::string H5Reader::type_of(const std::string& name) const {
+  if (!has(name)) fail(path_, "missing dataset '" + name + "'");
+  Handle ds(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), H5Dclose);
+  if (ds.id < 0) fail(path_, "cannot open dataset '" + name + "'");
+  Handle type(H5Dget_type(ds.id), H5Tclose);
+  const H5T_class_t cls = H5Tget_class(type.id);
+  const size_t size = H5Tget_size(type.id);
+  if (cls == H5T_FLOAT) return size == 4 ? "float32" : size == 8 ? "float64" : "float" + std::to_string(size * 8);
+  if (cls == H5T_INTEGER) return (H5Tget_sign(type.id) == H5T_SGN_NONE ? "uint" : "int") + std::to_string(size * 8);
+  if (cls == H5T_STRING) return "string";
+  return "other";
+}
+
+Tensor H5Reader::read(const std::string& name) const {
+  const std::string type = type_of(name);
+  if (type != "float32" && type != "float64")
+    fail(path_, "dataset '" + name + "' has type " + type + ", expected float32 or float64");
+  Handle ds(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), H5Dclose);
+  const Shape shape = dataset_shape(path_, name, ds.id);
+  const DType dtype = type == "float32" ? DType::F32 : DType::F64;
+  Tensor t = Tensor::empty(shape, dtype);
+  const hid_t mem = dtype == DType::F32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_DOUBLE;
+  if (t.numel() > 0 && H5Dread(ds.id, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.raw_data()) < 0)
+    fail(path_, "cannot read dataset '" + name + "' (truncated or corrupt file)");
+  return t;
+}
+
+std::vector<int64_t> H5Reader::read_ints(const std::string& name) const {
+  const std::string type = type_of(name);
+  if (type.rfind("int", 0) != 0 && type.rfind("uint", 0) != 0)
+    fail(path_, "dataset '" + name + "' has type " + type + ", expected integers");
+  Handle ds(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), H5Dclose);
+  const Shape shape = dataset_shape(path_, name, ds.id);
+  std::vector<int64_t> out(static_cast<size_t>(numel_of(shape)));
+  if (!out.empty() && H5Dread(ds.id, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0)
+    fail(path_, "cannot read dataset '" + name + "' (truncated or corrupt file)");
+  return out;
+}
+
+std::vector<std::string> H5Reader::read_strings(const std::string& name) const {
+  if (type_of(name) != "string") fail(path_, "dataset '" + name + "' is not a list of strings");
+  Handle ds(H5Dopen2(file_, name.c_str(), H5P_DEFAULT), H5Dclose);
+  const Shape shape = dataset_shape(path_, name, ds.id);
+  if (shape.size() != 1) fail(path_, "dataset '" + name + "' must be one-dimensional");
+  Handle mem(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(mem.id, H5T_VARIABLE);
+  H5Tset_cset(mem.id, H5T_CSET_UTF8);
+  std::vector<char*> raw(static_cast<size_t>(shape[0]), nullptr);
+  if (!raw.empty() && H5Dread(ds.id, mem.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data()) < 0)
+    fail(path_, "cannot read strings of dataset '" + name + "' (variable-length UTF-8 expected)");
+  std::vector<std::string> out;
+  for (char* s : raw) out.emplace_back(s ? s : "");
+  if (!raw.empty()) {
+    Handle space(H5Dget_space(ds.id), H5Sclose);
+    H5Dvlen_reclaim(mem.id, space.id, H5P_DEFAULT, raw.data());
+  }
+  return out;
+}
+
+bool H5Reader::has_attr(const std::string& name) const { return H5Aexists(file_, name.c_str()) > 0; }
+
+std::string H5Reader::attr(const std::string& name) const {
+  if (!has_attr(name)) fail(path_, "missing attribute '" + name + "'");
+  Handle a(H5Aopen(file_, name.c_str(), H5P_DEFAULT), H5Aclose);
+  Handle type(H5Aget_type(a.id), H5Tclose);
+  if (H5Tget_class(type.id) != H5T_STRING) fail(path_, "attribute '" + name + "' is not a string");
+  if (H5Tis_variable_str(type.id) > 0) {
+    Handle mem(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(mem.id, H5T_VARIABLE);
+    H5Tset_cset(mem.id, H5Tget_cset(type.id));
+    char* s = nullptr;
+    if (H5Aread(a.id, mem.id, &s) < 0) fail(path_, "cannot read attribute '" + name + "'");
+    std::string out = s ? s : "";
+    H5free_memory(s);
+    return out;
+  }
+  const size_t size = H5Tget_size(type.id);
+  if (size > (1u << 20)) fail(path_, "attribute '" + name + "' is too long");
+  std::string out(size, '\0');
+  if (H5Aread(a.id, type.id, out.data()) < 0) fail(path_, "cannot read attribute '" + name + "'");
+  out.erase(std::find(out.begin(), out.end(), '\0'), out.end());
+  return out;
+}
+
+// ---- writer --------------------------------------------------------------------------
+
+H5Writer::H5Writer(const std::string& path)
+    : path_(path), tmp_(path + ".tmp-" + std::to_string(::getpid())) {
+  silence_hdf5();
+  file_ = H5Fcreate(tmp_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  if (file_ < 0) fail(path, "cannot create (is the folder writable?)");
+}
+
+H5Writer::~H5Writer() {
+  if (file_ >= 0) {
+    H5Fclose(file_);
+    std::remove(tmp_.c_str());
+  }
+}
+
+void H5Writer::write(const std::string& name, const Tensor& t) {
+  const Tensor c = t.device().is_cpu() ? t : t.detach().to(Device::cpu());
+  std::vector<hsize_t> dims(c.shape().begin(), c.shape().end());
+  Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
+  const hid_t type = c.dtype() == DType::F32 ? H5T_IEEE_F32LE : H5T_IEEE_F64LE;
+  const hid_t mem = c.dtype() == DType::F32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_DOUBLE;
+  Handle ds(H5Dcreate2(file_, name.c_str(), type, space.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  if (ds.id < 0 || H5Dwrite(ds.id, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, c.raw_data()) < 0)
+    fail(path_, "cannot write dataset '" + name + "'");
+}
+
+void H5Writer::write_ints(const std::string& name, const std::vector<int64_t>& values, const Shape& shape) {
+  const Shape s = shape.empty() ? Shape{static_cast<int64_t>(values.size())} : shape;
+  ENGINE_CHECK(numel_of(s) == static_cast<int64_t>(values.size()), path_, ": dataset '", name, "': ",
+               values.size(), " values for shape ", shape_str(s));
+  std::vector<hsize_t> dims(s.begin(), s.end());
+  Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
+  Handle ds(H5Dcreate2(file_, name.c_str(), H5T_STD_I64LE, space.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+            H5Dclose);
+  if (ds.id < 0 || H5Dwrite(ds.id, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()) < 0)
+    fail(path_, "cannot write dataset '" + name + "'");
+}
+
+void H5Writer::write_strings(const std::string& name, const std::vector<std::string>& values) {
+  const hsize_t n = values.size();
+  Handle space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type.id, H5T_VARIABLE);
+  H5Tset_cset(type.id, H5T_CSET_UTF8);
+  std::vector<const char*> ptrs;
+  for (const std::string& s : values) ptrs.push_back(s.c_str());
+  Handle ds(H5Dcreate2(file_, name.c_str(), type.id, space.id, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  if (ds.id < 0 || H5Dwrite(ds.id, type.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) < 0)
+    fail(path_, "cannot write dataset '" + name + "'");
+}
+
+void H5Writer::set_attr(const std::string& name, const std::string& value) {
+  Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type.id, H5T_VARIABLE);
+  H5Tset_cset(type.id, H5T_CSET_UTF8);
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle a(H5Acreate2(file_, name.c_str(), type.id, space.id, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  const char* p = value.c_str();
+  if (a.id < 0 || H5Awrite(a.id, type.id, &p) < 0) fail(path_, "cannot write attribute '" + name + "'");
+}
+
+void H5Writer::commit() {
+  ENGINE_CHECK(file_ >= 0, path_, ": already committed");
+  const herr_t rc = H5Fclose(file_);
+  file_ = -1;
+  if (rc < 0) {
+    std::remove(tmp_.c_str());
+    fail(path_, "cannot finish writing");
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp_, path_, ec);
+  if (ec) {
+    std::remove(tmp_.c_str());
+    fail(path_, "cannot move the finished file into place: " + ec.message());
+  }
+}
+
+}  // namespace engine::io

@@ -1,0 +1,51 @@
+// relu and dropout.
+#include "engine/ops/common.h"
+#include "engine/random.h"
+#include "kernels/elementwise.h"
+
+namespace engine {
+
+Tensor relu(const Tensor& x) {
+  ENGINE_CHECK(x.defined(), "relu: undefined input");
+  Tensor y = empty_like(x);
+  dispatch_dtype(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if (x.device().is_cpu()) kernels::relu_forward_cpu<T>(x.data<T>(), y.data<T>(), x.numel());
+    else kernels::relu_forward_cuda<T>(x.data<T>(), y.data<T>(), x.numel());
+  });
+  const Tensor saved = needs_graph({x}) ? y.detach() : Tensor();
+  return record(y, {x}, "relu", [saved](const Tensor& g, const std::vector<bool>&) {
+    Tensor gx = empty_like(g);
+    dispatch_dtype(g.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      if (g.device().is_cpu())
+        kernels::relu_backward_cpu<T>(g.data<T>(), saved.data<T>(), gx.data<T>(), g.numel());
+      else
+        kernels::relu_backward_cuda<T>(g.data<T>(), saved.data<T>(), gx.data<T>(), g.numel());
+    });
+    return TensorList{gx};
+  });
+}
+
+Tensor dropout(const Tensor& x, double p, bool training, Generator* gen) {
+  ENGINE_CHECK(x.defined(), "dropout: undefined input");
+  ENGINE_CHECK(p >= 0.0 && p <= 1.0, "dropout: probability must be in [0, 1], got ", p);
+  if (!training || p == 0.0) return x;
+  Generator& g = gen != nullptr ? *gen : default_generator();
+  const uint64_t offset = g.advance(static_cast<uint64_t>(x.numel()));
+  Tensor y = empty_like(x), mask = empty_like(x);
+  dispatch_dtype(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if (x.device().is_cpu())
+      kernels::dropout_forward_cpu<T>(x.data<T>(), mask.data<T>(), y.data<T>(), T(p), g.seed(),
+                                      offset, x.numel());
+    else
+      kernels::dropout_forward_cuda<T>(x.data<T>(), mask.data<T>(), y.data<T>(), T(p), g.seed(),
+                                       offset, x.numel());
+  });
+  return record(y, {x}, "dropout", [mask](const Tensor& gy, const std::vector<bool>&) {
+    return TensorList{mul(gy, mask)};
+  });
+}
+
+}  // namespace engine

@@ -1,0 +1,52 @@
+// Helpers shared by the op implementations (not part of the public API).
+#pragma once
+
+#include <string>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+
+namespace engine::detail {
+
+// All inputs defined, on one device, of one dtype; names the op and both tensors if not.
+inline void check_compatible(const char* op, const Tensor& a, const Tensor& b) {
+  ENGINE_CHECK(a.defined() && b.defined(), op, ": undefined input");
+  ENGINE_CHECK(a.dtype() == b.dtype(), op, ": dtypes differ: ", a.str(), " and ", b.str());
+  ENGINE_CHECK(a.device() == b.device(), op, ": devices differ: ", a.str(), " and ", b.str());
+}
+
+inline void check_same_shape(const char* op, const Tensor& a, const Tensor& b) {
+  check_compatible(op, a, b);
+  ENGINE_CHECK(a.shape() == b.shape(), op, ": shapes ", shape_str(a.shape()), " and ",
+               shape_str(b.shape()), " differ");
+}
+
+// For ops whose CUDA kernels are not part of the engine yet.
+inline void require_cpu(const char* op, const Tensor& t) {
+  ENGINE_CHECK(t.device().is_cpu(), op, ": no CUDA implementation yet for ", t.str(),
+               "; run on --device cpu");
+}
+
+// Normalises a possibly negative dimension index.
+inline int64_t wrap_dim(const char* op, int64_t d, int64_t ndim) {
+  const int64_t k = d < 0 ? d + ndim : d;
+  ENGINE_CHECK(k >= 0 && k < ndim, op, ": dimension ", d, " out of range for ", ndim,
+               "-dimensional input");
+  return k;
+}
+
+// [outer, dim, inner] view of shape around axis d.
+struct Split3 {
+  int64_t outer = 1, dim = 1, inner = 1;
+};
+inline Split3 split_at(const Shape& s, int64_t d) {
+  Split3 r;
+  for (int64_t i = 0; i < static_cast<int64_t>(s.size()); ++i) {
+    if (i < d) r.outer *= s[static_cast<size_t>(i)];
+    else if (i == d) r.dim = s[static_cast<size_t>(i)];
+    else r.inner *= s[static_cast<size_t>(i)];
+  }
+  return r;
+}
+
+}  // namespace engine::detail

@@ -1,0 +1,119 @@
+// conv2d and linear: shape checks, then the GEMM-based kernels.
+#include "engine/ops/common.h"
+#include "kernels/common.h"
+#include "kernels/conv.h"
+#include "kernels/gemm.h"
+#include "kernels/reduce.h"
+
+namespace engine {
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 stride,
+              Size2 padding) {
+  detail::check_compatible("conv2d", x, weight);
+  ENGINE_CHECK(x.dim() == 4, "conv2d: input must be [N, C, H, W], got shape ", shape_str(x.shape()));
+  ENGINE_CHECK(weight.dim() == 4, "conv2d: weight must be [C_out, C_in, kH, kW], got shape ",
+               shape_str(weight.shape()));
+  ENGINE_CHECK(x.size(1) == weight.size(1), "conv2d: input ", shape_str(x.shape()), " has ",
+               x.size(1), " channels but weight ", shape_str(weight.shape()), " expects ",
+               weight.size(1));
+  if (bias.defined()) {
+    detail::check_compatible("conv2d", x, bias);
+    ENGINE_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "conv2d: bias ",
+                 shape_str(bias.shape()), " does not match weight ", shape_str(weight.shape()));
+  }
+  ENGINE_CHECK(stride.h > 0 && stride.w > 0 && padding.h >= 0 && padding.w >= 0,
+               "conv2d: stride must be positive and padding non-negative");
+  detail::require_cpu("conv2d", x);
+  kernels::Conv2dShape s{};
+  s.N = x.size(0); s.C = x.size(1); s.H = x.size(2); s.W = x.size(3);
+  s.Co = weight.size(0); s.kh = weight.size(2); s.kw = weight.size(3);
+  s.sh = stride.h; s.sw = stride.w; s.ph = padding.h; s.pw = padding.w;
+  ENGINE_CHECK(s.H + 2 * s.ph >= s.kh && s.W + 2 * s.pw >= s.kw, "conv2d: kernel ",
+               s.kh, "x", s.kw, " is larger than the padded input ", shape_str(x.shape()));
+  s.Ho = kernels::pooled_size(s.H, s.kh, s.sh, s.ph, 1, false);
+  s.Wo = kernels::pooled_size(s.W, s.kw, s.sw, s.pw, 1, false);
+
+  Tensor y = Tensor::empty({s.N, s.Co, s.Ho, s.Wo}, x.dtype(), x.device());
+  dispatch_dtype(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    kernels::conv2d_forward_cpu<T>(x.data<T>(), weight.data<T>(),
+                                   bias.defined() ? bias.data<T>() : nullptr, y.data<T>(), s);
+  });
+  if (!needs_graph({x, weight, bias})) return y;
+  // Save only what the needed gradients read: x for the weight gradient, w for the input's.
+  const Tensor sx = weight.requires_grad() ? x.detach() : Tensor();
+  const Tensor sw = x.requires_grad() ? weight.detach() : Tensor();
+  return record(y, {x, weight, bias}, "conv2d", [sx, sw, s](const Tensor& g, const std::vector<bool>& needs) {
+    Tensor gx = needs[0] ? Tensor::empty({s.N, s.C, s.H, s.W}, g.dtype(), g.device()) : Tensor();
+    Tensor gw = needs[1] ? Tensor::empty({s.Co, s.C, s.kh, s.kw}, g.dtype(), g.device()) : Tensor();
+    Tensor gb = needs[2] ? Tensor::empty({s.Co}, g.dtype(), g.device()) : Tensor();
+    dispatch_dtype(g.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      kernels::conv2d_backward_cpu<T>(needs[1] ? sx.data<T>() : nullptr,
+                                      needs[0] ? sw.data<T>() : nullptr, g.data<T>(),
+                                      needs[0] ? gx.data<T>() : nullptr,
+                                      needs[1] ? gw.data<T>() : nullptr,
+                                      needs[2] ? gb.data<T>() : nullptr, s);
+    });
+    return TensorList{gx, gw, gb};
+  });
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  detail::check_compatible("linear", x, weight);
+  ENGINE_CHECK(weight.dim() == 2, "linear: weight must be [out, in], got shape ",
+               shape_str(weight.shape()));
+  ENGINE_CHECK(x.dim() >= 1 && x.size(-1) == weight.size(1), "linear: input ",
+               shape_str(x.shape()), " has ", x.dim() >= 1 ? x.size(-1) : 0,
+               " features but weight ", shape_str(weight.shape()), " expects ", weight.size(1));
+  if (bias.defined()) {
+    detail::check_compatible("linear", x, bias);
+    ENGINE_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "linear: bias ",
+                 shape_str(bias.shape()), " does not match weight ", shape_str(weight.shape()));
+  }
+  detail::require_cpu("linear", x);
+  const int64_t in = weight.size(1), out = weight.size(0), M = x.numel() / in;
+  Shape yshape = x.shape();
+  yshape.back() = out;
+  Tensor y = Tensor::empty(yshape, x.dtype(), x.device());
+  dispatch_dtype(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    T* yp = y.data<T>();
+    if (bias.defined()) {
+      const T* b = bias.data<T>();
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t o = 0; o < out; ++o) yp[m * out + o] = b[o];
+    }
+    // Row-major: y[M, out] = x[M, in] * W[out, in]^T (+ y holding the bias).
+    kernels::gemm_cpu<T>(false, true, M, out, in, T(1), x.data<T>(), in, weight.data<T>(), in,
+                         bias.defined() ? T(1) : T(0), yp, out);
+  });
+  if (!needs_graph({x, weight, bias})) return y;
+  const Tensor sx = weight.requires_grad() ? x.detach() : Tensor();
+  const Tensor sw = x.requires_grad() ? weight.detach() : Tensor();
+  const Shape xshape = x.shape();
+  return record(y, {x, weight, bias}, "linear",
+                [sx, sw, xshape, M, in, out](const Tensor& g, const std::vector<bool>& needs) {
+    TensorList grads(3);
+    dispatch_dtype(g.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      if (needs[0]) {  // gx[M, in] = g[M, out] * W[out, in]
+        grads[0] = Tensor::empty(xshape, g.dtype(), g.device());
+        kernels::gemm_cpu<T>(false, false, M, in, out, T(1), g.data<T>(), out, sw.data<T>(), in,
+                             T(0), grads[0].data<T>(), in);
+      }
+      if (needs[1]) {  // gW[out, in] = g[M, out]^T * x[M, in]
+        grads[1] = Tensor::empty({out, in}, g.dtype(), g.device());
+        kernels::gemm_cpu<T>(true, false, out, in, M, T(1), g.data<T>(), out, sx.data<T>(), in,
+                             T(0), grads[1].data<T>(), in);
+      }
+      if (needs[2]) {  // gb[out] = sum over rows of g
+        grads[2] = Tensor::empty({out}, g.dtype(), g.device());
+        kernels::sum_dim_cpu<T>(g.data<T>(), grads[2].data<T>(), 1, M, out);
+      }
+    });
+    return grads;
+  });
+}
+
+}  // namespace engine

@@ -1,0 +1,31 @@
+// conv2d by im2col + GEMM, NCHW, no groups, no dilation.
+//   im2col: col[(c*kh + i)*kw + j, oh*Wo + ow] = x[c, oh*sh - ph + i, ow*sw - pw + j] (0 outside)
+//   forward:         y[n]  = W[Co, C*kh*kw] * col(x[n]) + b
+//   backward input:  dx[n] = col2im(W^T * dy[n])
+//   backward weight: dW   += dy[n] * col(x[n])^T,   db += sum over n, h, w of dy
+// The GEMMs bound it: 2*N*Co*C*kh*kw*Ho*Wo flops per pass.
+#pragma once
+
+#include <cstdint>
+
+namespace kernels {
+
+struct Conv2dShape {
+  int64_t N, C, H, W;   // input
+  int64_t Co, kh, kw;   // weight [Co, C, kh, kw]
+  int64_t sh, sw, ph, pw;
+  int64_t Ho, Wo;       // output
+};
+
+template <typename T> void im2col_cpu(const T* x, T* col, const Conv2dShape& s);
+// Adds (scatters) col back into x: x += col2im(col). x must be initialised.
+template <typename T> void col2im_cpu(const T* col, T* x, const Conv2dShape& s);
+
+template <typename T>
+void conv2d_forward_cpu(const T* x, const T* w, const T* b, T* y, const Conv2dShape& s);
+// Any of gx, gw, gb may be null: that gradient is not computed.
+template <typename T>
+void conv2d_backward_cpu(const T* x, const T* w, const T* gy, T* gx, T* gw, T* gb,
+                         const Conv2dShape& s);
+
+}  // namespace kernels

@@ -1,0 +1,29 @@
+// Pooling, NCHW. Memory-bound: each reads its input once.
+//   max_pool2d: y = max over each window (padding counts as -inf); the flat index of the
+//     maximum within its (n, c) plane is kept for backward: dx[argmax] += dy.
+//   adaptive_avg_pool2d: window i covers [floor(i*H/Ho), ceil((i+1)*H/Ho)), mean over it.
+#pragma once
+
+#include <cstdint>
+
+namespace kernels {
+
+struct Pool2dShape {
+  int64_t N, C, H, W;
+  int64_t kh, kw, sh, sw, ph, pw;
+  int64_t Ho, Wo;
+};
+
+template <typename T>
+void max_pool2d_forward_cpu(const T* x, T* y, int64_t* argmax, const Pool2dShape& s);
+template <typename T>
+void max_pool2d_backward_cpu(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s);
+
+template <typename T>
+void adaptive_avg_pool2d_forward_cpu(const T* x, T* y, int64_t NC, int64_t H, int64_t W,
+                                     int64_t Ho, int64_t Wo);
+template <typename T>
+void adaptive_avg_pool2d_backward_cpu(const T* gy, T* gx, int64_t NC, int64_t H, int64_t W,
+                                      int64_t Ho, int64_t Wo);
+
+}  // namespace kernels

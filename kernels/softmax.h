@@ -1,0 +1,27 @@
+// softmax / log_softmax along the middle axis of [outer, dim, inner], and cross-entropy
+// over logits [N, K] with integer targets, averaged over the batch. Max-subtracted for
+// stability; sums in double for float. Memory-bound.
+//   softmax backward:     gx = y * (gy - sum(gy * y))
+//   log_softmax backward: gx = gy - softmax(x) * sum(gy)
+//   cross_entropy:        loss = mean_n (logsumexp(z_n) - z_n[t_n]);
+//                         gz = g * (softmax(z) - onehot(t)) / N
+#pragma once
+
+#include <cstdint>
+
+namespace kernels {
+
+template <typename T>
+void softmax_forward_cpu(const T* x, T* y, int64_t outer, int64_t dim, int64_t inner, bool log);
+template <typename T>
+void softmax_backward_cpu(const T* gy, const T* y, T* gx, int64_t outer, int64_t dim,
+                          int64_t inner, bool log);
+
+// Returns the mean loss; writes the softmax probabilities to prob (N*K) for backward.
+template <typename T>
+T cross_entropy_forward_cpu(const T* z, const int64_t* target, T* prob, int64_t N, int64_t K);
+template <typename T>
+void cross_entropy_backward_cpu(const T* prob, const int64_t* target, T g, T* gz, int64_t N,
+                                int64_t K);
+
+}  // namespace kernels

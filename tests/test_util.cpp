@@ -1,0 +1,169 @@
+#include "tests/test_util.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <numeric>
+#include <random>
+#include <sstream>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace testing_util {
+
+namespace fs = std::filesystem;
+
+Tensor randn(const Shape& shape, uint64_t seed, DType dtype) {
+  engine::Generator gen(seed);
+  return Tensor::randn(shape, gen, dtype);
+}
+
+Tensor rand(const Shape& shape, uint64_t seed, double lo, double hi, DType dtype) {
+  engine::Generator gen(seed);
+  return Tensor::rand(shape, gen, dtype, engine::Device::cpu(), lo, hi);
+}
+
+Tensor distinct(const Shape& shape, uint64_t seed, double gap, DType dtype) {
+  const int64_t n = engine::numel_of(shape);
+  std::vector<double> v(static_cast<size_t>(n));
+  std::iota(v.begin(), v.end(), 0.0);
+  std::mt19937_64 rng(seed);
+  std::shuffle(v.begin(), v.end(), rng);
+  for (double& x : v) x = (x - static_cast<double>(n) / 2) * gap;
+  return Tensor::from_vector(shape, v).to(dtype);
+}
+
+::testing::AssertionResult all_close(const Tensor& a, const Tensor& b, double rtol, double atol) {
+  if (a.shape() != b.shape())
+    return ::testing::AssertionFailure() << "shapes differ: " << engine::shape_str(a.shape()) << " vs "
+                                         << engine::shape_str(b.shape());
+  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  double worst_excess = 0;
+  int64_t worst = -1;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double tol = atol + rtol * std::fabs(y[i]);
+    const double err = std::fabs(x[i] - y[i]);
+    if (!(err <= tol)) {  // NaN fails
+      const double excess = std::isnan(err) ? INFINITY : err / tol;
+      if (worst < 0 || excess > worst_excess) {
+        worst_excess = excess;
+        worst = static_cast<int64_t>(i);
+      }
+    }
+  }
+  if (worst < 0) return ::testing::AssertionSuccess();
+  const size_t w = static_cast<size_t>(worst);
+  return ::testing::AssertionFailure()
+         << "worst element " << worst << " of " << engine::shape_str(a.shape()) << ": got " << x[w]
+         << ", expected " << y[w] << ", |diff| " << std::fabs(x[w] - y[w]) << " > tolerance "
+         << atol + rtol * std::fabs(y[w]) << " (rtol " << rtol << ", atol " << atol << ")";
+}
+
+::testing::AssertionResult gradcheck(const std::function<Tensor(const TensorList&)>& f,
+                                     const TensorList& inputs, const GradcheckOptions& opt) {
+  for (const Tensor& t : inputs)
+    if (t.defined() && t.dtype() != DType::F64)
+      return ::testing::AssertionFailure() << "gradcheck needs float64 inputs, got " << t.str();
+  for (const Tensor& t : inputs)
+    if (t.defined()) const_cast<Tensor&>(t).zero_grad();
+
+  // Analytic: gradient of sum(f(x) * R).
+  Tensor y = f(inputs);
+  const Tensor R = randn(y.shape(), opt.projection_seed, DType::F64);
+  engine::sum(engine::mul(y, R)).backward();
+
+  auto loss = [&]() {
+    engine::NoGradGuard ng;
+    return engine::sum(engine::mul(f(inputs), R)).item();
+  };
+  const double l0 = loss();
+
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    const Tensor& x = inputs[k];
+    if (!x.defined() || !x.requires_grad()) continue;
+    const Tensor g = x.grad();
+    if (!g.defined()) return ::testing::AssertionFailure() << "input " << k << " received no gradient";
+    const std::vector<double> analytic = g.to_vector<double>();
+    double* xp = x.data<double>();
+    int64_t skipped = 0, worst = -1;
+    double worst_excess = 0, worst_a = 0, worst_n = 0, worst_tol = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      const double orig = xp[i];
+      xp[i] = orig + opt.eps;
+      const double lp = loss();
+      xp[i] = orig - opt.eps;
+      const double lm = loss();
+      xp[i] = orig;
+      const double fwd = (lp - l0) / opt.eps, bwd = (l0 - lm) / opt.eps;
+      const double scale = std::max({1.0, std::fabs(fwd), std::fabs(bwd)});
+      if (std::fabs(fwd - bwd) > opt.kink_tol * scale) {
+        ++skipped;
+        continue;
+      }
+      const double numeric = (lp - lm) / (2 * opt.eps);
+      const double a = analytic[static_cast<size_t>(i)];
+      const double tol = opt.atol + opt.rtol * std::max(std::fabs(a), std::fabs(numeric));
+      const double err = std::fabs(a - numeric);
+      if (!(err <= tol)) {
+        const double excess = std::isnan(err) ? INFINITY : err / tol;
+        if (worst < 0 || excess > worst_excess) {
+          worst_excess = excess;
+          worst = i;
+          worst_a = a;
+          worst_n = numeric;
+          worst_tol = tol;
+        }
+      }
+    }
+    if (worst >= 0)
+      return ::testing::AssertionFailure()
+             << "input " << k << " " << engine::shape_str(x.shape()) << ": worst element " << worst
+             << ": analytic " << worst_a << ", numeric " << worst_n << ", |diff| "
+             << std::fabs(worst_a - worst_n) << " > tolerance " << worst_tol;
+    if (static_cast<double>(skipped) > opt.max_skip_fraction * static_cast<double>(x.numel()))
+      return ::testing::AssertionFailure() << "input " << k << ": " << skipped << " of " << x.numel()
+                                           << " elements sit on kinks; choose inputs away from them";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+bool under_ci() {
+  const char* ci = std::getenv("CI");
+  return ci != nullptr && std::string(ci) == "true";
+}
+
+std::string shared_data_dir() {
+  const fs::path p = fs::path(ENGINE_SOURCE_DIR) / ".." / "shared" / "data";
+  return fs::is_directory(p) ? fs::canonical(p).string() : std::string();
+}
+
+int run_reference_script(const std::string& script, const std::string& args) {
+  const std::string cmd = std::string(ENGINE_REFERENCE_PYTHON) + " " + ENGINE_SOURCE_DIR +
+                          "/tests/reference/" + script + " " + args;
+  const int rc = std::system(cmd.c_str());
+  return rc == -1 ? -1 : WEXITSTATUS(rc);
+}
+
+bool torch_available() {
+  static const bool ok = [] {
+    const std::string cmd = std::string(ENGINE_REFERENCE_PYTHON) +
+                            " -c 'import torch, torchvision, h5py, numpy' > /dev/null 2>&1";
+    return std::system(cmd.c_str()) == 0;
+  }();
+  return ok;
+}
+
+std::string temp_dir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string name = info ? std::string(info->test_suite_name()) + "_" + info->name() : "test";
+  for (char& c : name)
+    if (c == '/') c = '_';
+  const fs::path p = fs::temp_directory_path() / ("engine_test_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p.string();
+}
+
+}  // namespace testing_util

@@ -1,0 +1,76 @@
+// Shared test helpers: seeded random tensors, closeness with a worst-element report,
+// the f64 central-difference gradient check, and the reference-data locations.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+#include "engine/autograd.h"
+#include "engine/ops.h"
+#include "engine/random.h"
+#include "engine/tensor.h"
+
+namespace testing_util {
+
+using engine::DType;
+using engine::Shape;
+using engine::Tensor;
+using engine::TensorList;
+
+Tensor randn(const Shape& shape, uint64_t seed, DType dtype = DType::F64);
+Tensor rand(const Shape& shape, uint64_t seed, double lo, double hi, DType dtype = DType::F64);
+// Values in random order, pairwise at least `gap` apart (no ties, no kinks for max).
+Tensor distinct(const Shape& shape, uint64_t seed, double gap = 0.01, DType dtype = DType::F64);
+
+// Passes when |a - b| <= atol + rtol * |b| everywhere; else reports the worst element.
+::testing::AssertionResult all_close(const Tensor& a, const Tensor& b, double rtol, double atol);
+#define EXPECT_ALL_CLOSE(a, b, rtol, atol) EXPECT_TRUE(::testing_util::all_close((a), (b), (rtol), (atol)))
+
+struct GradcheckOptions {
+  double eps = 1e-6;
+  double rtol = 1e-5;
+  double atol = 1e-8;
+  // Elements whose one-sided differences disagree by more than this (relative) sit on
+  // a kink (relu at 0, a max tie) and are skipped, as Caffe's checker does; at most
+  // max_skip_fraction of the elements may be skipped.
+  double kink_tol = 1e-3;
+  double max_skip_fraction = 0.05;
+  uint64_t projection_seed = 1234;
+};
+
+// f64 central-difference check of d(sum(f(inputs) * R))/d(inputs) for a fixed random R,
+// against autograd, for every input that requires a gradient.
+::testing::AssertionResult gradcheck(const std::function<Tensor(const TensorList&)>& f,
+                                     const TensorList& inputs, const GradcheckOptions& opt = {});
+#define EXPECT_GRADCHECK(...) EXPECT_TRUE(::testing_util::gradcheck(__VA_ARGS__))
+
+// ../shared/data relative to the source tree, or "" when absent. Under CI (CI=true) a
+// missing data folder fails the test instead of skipping it.
+std::string shared_data_dir();
+#define REQUIRE_SHARED_DATA(dir)                                                      \
+  do {                                                                                \
+    dir = ::testing_util::shared_data_dir();                                          \
+    if (dir.empty()) {                                                                \
+      if (::testing_util::under_ci()) FAIL() << "../shared/data is missing under CI"; \
+      GTEST_SKIP() << "../shared/data not found next to the project";                \
+    }                                                                                 \
+  } while (0)
+bool under_ci();
+
+// Runs Debian's python3 on a script under tests/reference with arguments; returns its
+// exit status. Skips (or fails under CI) when torch is not importable.
+int run_reference_script(const std::string& script, const std::string& args);
+bool torch_available();
+#define REQUIRE_TORCH()                                                                   \
+  do {                                                                                    \
+    if (!::testing_util::torch_available()) {                                             \
+      if (::testing_util::under_ci()) FAIL() << "python3 with torch is missing under CI"; \
+      GTEST_SKIP() << "Debian's python3-torch is not installed";                         \
+    }                                                                                     \
+  } while (0)
+// A fresh temporary directory for this test.
+std::string temp_dir();
+
+}  // namespace testing_util
