@@ -5,7 +5,7 @@ namespace nets {
 using namespace engine::nn;
 
 AlexNet::AlexNet(int64_t num_classes, double dropout, engine::Generator* gen, engine::Generator* dropout_gen) {
-  features = register_module("features", std::make_shared<Sequential>(std::vector<std::shared_ptr<Module>>{
+  register_module("features", std::make_shared<Sequential>(std::vector<std::shared_ptr<Module>>{
       std::make_shared<Conv2d>(3, 64, 11, 4, 2, true, gen),
       std::make_shared<ReLU>(),
       std::make_shared<MaxPool2d>(3, 2),
@@ -20,8 +20,8 @@ AlexNet::AlexNet(int64_t num_classes, double dropout, engine::Generator* gen, en
       std::make_shared<ReLU>(),
       std::make_shared<MaxPool2d>(3, 2),
   }));
-  avgpool = register_module("avgpool", std::make_shared<AdaptiveAvgPool2d>(engine::Size2(6, 6)));
-  classifier = register_module("classifier", std::make_shared<Sequential>(std::vector<std::shared_ptr<Module>>{
+  register_module("avgpool", std::make_shared<AdaptiveAvgPool2d>(engine::Size2(6, 6)));
+  register_module("classifier", std::make_shared<Sequential>(std::vector<std::shared_ptr<Module>>{
       std::make_shared<Dropout>(dropout, dropout_gen),
       std::make_shared<Linear>(256 * 6 * 6, 4096, true, gen),
       std::make_shared<ReLU>(),
@@ -35,7 +35,9 @@ AlexNet::AlexNet(int64_t num_classes, double dropout, engine::Generator* gen, en
 engine::Tensor AlexNet::forward(const engine::Tensor& x) {
   ENGINE_CHECK(x.dim() == 4 && x.size(1) == 3, "AlexNet: input must be [N, 3, H, W], got shape ",
                engine::shape_str(x.shape()));
-  return classifier->forward(engine::flatten(avgpool->forward(features->forward(x)), 1));
+  // Children are looked up by name: head surgery may have replaced the classifier.
+  const engine::Tensor f = child("avgpool")->forward(child("features")->forward(x));
+  return child("classifier")->forward(engine::flatten(f, 1));
 }
 
 }  // namespace nets

@@ -20,10 +20,6 @@ class AlexNet : public engine::nn::Module {
                    engine::Generator* dropout_gen = nullptr);
   engine::Tensor forward(const engine::Tensor& x) override;
   std::string name() const override { return "AlexNet"; }
-
-  std::shared_ptr<engine::nn::Sequential> features;
-  std::shared_ptr<engine::nn::AdaptiveAvgPool2d> avgpool;
-  std::shared_ptr<engine::nn::Sequential> classifier;
 };
 
 }  // namespace nets

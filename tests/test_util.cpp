@@ -139,11 +139,15 @@ std::string shared_data_dir() {
   return fs::is_directory(p) ? fs::canonical(p).string() : std::string();
 }
 
-int run_reference_script(const std::string& script, const std::string& args) {
-  const std::string cmd = std::string(ENGINE_REFERENCE_PYTHON) + " " + ENGINE_SOURCE_DIR +
-                          "/tests/reference/" + script + " " + args;
+int run_python(const std::string& script_from_source_root, const std::string& args) {
+  const std::string cmd = std::string(ENGINE_REFERENCE_PYTHON) + " " + ENGINE_SOURCE_DIR + "/" +
+                          script_from_source_root + " " + args;
   const int rc = std::system(cmd.c_str());
   return rc == -1 ? -1 : WEXITSTATUS(rc);
+}
+
+int run_reference_script(const std::string& script, const std::string& args) {
+  return run_python("tests/reference/" + script, args);
 }
 
 bool torch_available() {

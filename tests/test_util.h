@@ -62,6 +62,8 @@ bool under_ci();
 // Runs Debian's python3 on a script under tests/reference with arguments; returns its
 // exit status. Skips (or fails under CI) when torch is not importable.
 int run_reference_script(const std::string& script, const std::string& args);
+// Runs Debian's python3 on a script given relative to the source tree.
+int run_python(const std::string& script_from_source_root, const std::string& args);
 bool torch_available();
 #define REQUIRE_TORCH()                                                                   \
   do {                                                                                    \

@@ -196,6 +196,18 @@ std::string H5Reader::attr(const std::string& name) const {
   return out;
 }
 
+int64_t H5Reader::attr_int(const std::string& name) const {
+  if (!has_attr(name)) fail(path_, "missing attribute '" + name + "'");
+  Handle a(H5Aopen(file_, name.c_str(), H5P_DEFAULT), H5Aclose);
+  Handle type(H5Aget_type(a.id), H5Tclose);
+  Handle space(H5Aget_space(a.id), H5Sclose);
+  if (H5Tget_class(type.id) != H5T_INTEGER || H5Sget_simple_extent_npoints(space.id) != 1)
+    fail(path_, "attribute '" + name + "' is not one integer");
+  int64_t v = 0;
+  if (H5Aread(a.id, H5T_NATIVE_INT64, &v) < 0) fail(path_, "cannot read attribute '" + name + "'");
+  return v;
+}
+
 // ---- writer --------------------------------------------------------------------------
 
 H5Writer::H5Writer(const std::string& path)
@@ -256,6 +268,12 @@ void H5Writer::set_attr(const std::string& name, const std::string& value) {
   Handle a(H5Acreate2(file_, name.c_str(), type.id, space.id, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   const char* p = value.c_str();
   if (a.id < 0 || H5Awrite(a.id, type.id, &p) < 0) fail(path_, "cannot write attribute '" + name + "'");
+}
+
+void H5Writer::set_attr(const std::string& name, int64_t value) {
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle a(H5Acreate2(file_, name.c_str(), H5T_STD_I64LE, space.id, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  if (a.id < 0 || H5Awrite(a.id, H5T_NATIVE_INT64, &value) < 0) fail(path_, "cannot write attribute '" + name + "'");
 }
 
 void H5Writer::commit() {

@@ -35,6 +35,7 @@ class H5Reader {
   std::vector<std::string> read_strings(const std::string& name) const;
   bool has_attr(const std::string& name) const;
   std::string attr(const std::string& name) const;
+  int64_t attr_int(const std::string& name) const;
 
  private:
   std::string path_;
@@ -53,6 +54,7 @@ class H5Writer {
   void write_ints(const std::string& name, const std::vector<int64_t>& values, const Shape& shape = {});
   void write_strings(const std::string& name, const std::vector<std::string>& values);
   void set_attr(const std::string& name, const std::string& value);
+  void set_attr(const std::string& name, int64_t value);
   // Closes the file and renames it over the target.
   void commit();
 

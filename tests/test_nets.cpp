@@ -1,0 +1,365 @@
+// AlexNet and SqueezeNet 1.1: torchvision's structure and names, head surgery, the HDF5
+// weights layout (round trip, strict and non-strict loading, bad files), and parity
+// with PyTorch end to end (logits, loss, every parameter gradient, the input gradient).
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <unistd.h>
+
+#include "engine/io/h5.h"
+#include "engine/io/weights.h"
+#include "nets/alexnet.h"
+#include "nets/squeezenet.h"
+#include "nets/zoo.h"
+#include "tests/test_util.h"
+
+using namespace engine;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::pair<std::string, Shape>> names_and_shapes(const nn::Module& m) {
+  std::vector<std::pair<std::string, Shape>> out;
+  for (const auto& [n, p] : m.named_parameters()) out.emplace_back(n, p.shape());
+  return out;
+}
+
+// max |a - b| / max |b|: the error relative to the tensor's scale.
+double rel_error(const Tensor& a, const Tensor& b) {
+  const auto x = a.to_vector<double>(), y = b.to_vector<double>();
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    num = std::max(num, std::fabs(x[i] - y[i]));
+    den = std::max(den, std::fabs(y[i]));
+  }
+  return den > 0 ? num / den : num;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+// ---- structure ------------------------------------------------------------------------
+
+TEST(AlexNet, ParameterNamesAndShapesAreTorchvisions) {
+  Generator g(1);
+  nets::AlexNet net(1000, 0.5, &g);
+  const std::vector<std::pair<std::string, Shape>> expected = {
+      {"features.0.weight", {64, 3, 11, 11}},   {"features.0.bias", {64}},
+      {"features.3.weight", {192, 64, 5, 5}},   {"features.3.bias", {192}},
+      {"features.6.weight", {384, 192, 3, 3}},  {"features.6.bias", {384}},
+      {"features.8.weight", {256, 384, 3, 3}},  {"features.8.bias", {256}},
+      {"features.10.weight", {256, 256, 3, 3}}, {"features.10.bias", {256}},
+      {"classifier.1.weight", {4096, 9216}},    {"classifier.1.bias", {4096}},
+      {"classifier.4.weight", {4096, 4096}},    {"classifier.4.bias", {4096}},
+      {"classifier.6.weight", {1000, 4096}},    {"classifier.6.bias", {1000}}};
+  EXPECT_EQ(names_and_shapes(net), expected);
+}
+
+TEST(AlexNet, OutputShapeForAnyClassCountAndInputSize) {
+  Generator g(2), d(3);
+  nets::AlexNet net(7, 0.5, &g, &d);
+  net.eval();
+  NoGradGuard ng;
+  EXPECT_EQ(net(testing_util::randn({2, 3, 224, 224}, 4, DType::F32)).shape(), (Shape{2, 7}));
+  EXPECT_EQ(net(testing_util::randn({1, 3, 99, 131}, 5, DType::F32)).shape(), (Shape{1, 7}));
+}
+
+TEST(SqueezeNet, ParameterNamesAndShapesAreTorchvisions) {
+  Generator g(6);
+  nets::SqueezeNet net(1000, 0.5, &g);
+  const auto ns = names_and_shapes(net);
+  ASSERT_EQ(ns.size(), 52u);
+  EXPECT_EQ(ns[0], (std::pair<std::string, Shape>{"features.0.weight", {64, 3, 3, 3}}));
+  EXPECT_EQ(ns[2], (std::pair<std::string, Shape>{"features.3.squeeze.weight", {16, 64, 1, 1}}));
+  EXPECT_EQ(ns[4], (std::pair<std::string, Shape>{"features.3.expand1x1.weight", {64, 16, 1, 1}}));
+  EXPECT_EQ(ns[6], (std::pair<std::string, Shape>{"features.3.expand3x3.weight", {64, 16, 3, 3}}));
+  EXPECT_EQ(ns[48], (std::pair<std::string, Shape>{"features.12.expand3x3.weight", {256, 64, 3, 3}}));
+  EXPECT_EQ(ns[50], (std::pair<std::string, Shape>{"classifier.1.weight", {1000, 512, 1, 1}}));
+  NoGradGuard ng;
+  net.eval();
+  EXPECT_EQ(net(testing_util::randn({2, 3, 224, 224}, 7, DType::F32)).shape(), (Shape{2, 1000}));
+}
+
+TEST(Surgery, AlexNetCase1ReplacesTheLastLayer) {
+  Generator g(8);
+  auto net = nets::make_model(nets::Arch::AlexNet, 1000, &g);
+  const auto before = names_and_shapes(*net);
+  const auto fresh = nets::replace_head(*net, nets::Arch::AlexNet, 1, 10, &g);
+  EXPECT_EQ(fresh, (std::vector<std::string>{"classifier.6.weight", "classifier.6.bias"}));
+  auto after = names_and_shapes(*net);
+  auto expected = before;
+  expected[14].second = {10, 4096};
+  expected[15].second = {10};
+  EXPECT_EQ(after, expected);
+}
+
+TEST(Surgery, AlexNetCase2ReplacesTheLastTwoWithOne) {
+  Generator g(9), d(10);
+  auto net = nets::make_model(nets::Arch::AlexNet, 1000, &g, &d);
+  const Tensor fc6 = net->parameter("classifier.1.weight");
+  const auto fresh = nets::replace_head(*net, nets::Arch::AlexNet, 2, 10, &g);
+  EXPECT_EQ(fresh, (std::vector<std::string>{"classifier.4.weight", "classifier.4.bias"}));
+  auto ns = names_and_shapes(*net);
+  ASSERT_EQ(ns.size(), 14u);
+  EXPECT_EQ(ns[10], (std::pair<std::string, Shape>{"classifier.1.weight", {4096, 9216}}));
+  EXPECT_EQ(ns[12], (std::pair<std::string, Shape>{"classifier.4.weight", {10, 4096}}));
+  EXPECT_EQ(ns[13], (std::pair<std::string, Shape>{"classifier.4.bias", {10}}));
+  EXPECT_TRUE(net->parameter("classifier.1.weight").same(fc6));  // fc6 kept, not copied
+  const std::string desc = net->describe();
+  EXPECT_NE(desc.find("(4): Linear(in_features=4096, out_features=10)"), std::string::npos) << desc;
+  EXPECT_NE(desc.find("(3): Dropout"), std::string::npos) << desc;
+  NoGradGuard ng;
+  net->eval();
+  EXPECT_EQ((*net)(testing_util::randn({2, 3, 100, 100}, 11, DType::F32)).shape(), (Shape{2, 10}));
+  EXPECT_THROW(nets::replace_head(*nets::make_model(nets::Arch::SqueezeNet1_1), nets::Arch::SqueezeNet1_1, 2, 10),
+               Error);
+}
+
+TEST(Surgery, SqueezeNetReplacesTheFinalConvolution) {
+  Generator g(12);
+  auto net = nets::make_model(nets::Arch::SqueezeNet1_1, 1000, &g);
+  nets::replace_head(*net, nets::Arch::SqueezeNet1_1, 1, 7, &g);
+  EXPECT_EQ(net->parameter("classifier.1.weight").shape(), (Shape{7, 512, 1, 1}));
+  NoGradGuard ng;
+  net->eval();
+  EXPECT_EQ((*net)(testing_util::randn({1, 3, 224, 224}, 13, DType::F32)).shape(), (Shape{1, 7}));
+}
+
+// ---- weights files ------------------------------------------------------------------
+
+class WeightsFile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing_util::temp_dir();
+    Generator g(20);
+    net_ = nets::make_model(nets::Arch::SqueezeNet1_1, 1000, &g);
+    meta_.architecture = "squeezenet1_1";
+    meta_.num_classes = 1000;
+    meta_.source = "seeded test model";
+    for (int i = 0; i < 1000; ++i) meta_.class_names.push_back("class " + std::to_string(i));
+    good_ = dir_ + "/good.h5";
+    io::save_weights(*net_, good_, meta_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // A copy of the good file with its datasets changed by `edit` (name -> tensor or skip).
+  std::string variant(const std::string& name, const std::function<Tensor(const std::string&, const Tensor&)>& edit,
+                      const std::string& arch = "squeezenet1_1") {
+    const std::string path = dir_ + "/" + name + ".h5";
+    io::H5Writer w(path);
+    w.set_attr("format", "alexnet-engine-weights");
+    w.set_attr("format_version", int64_t{1});
+    w.set_attr("architecture", arch);
+    w.set_attr("num_classes", int64_t{1000});
+    w.set_attr("source", "variant");
+    for (const auto& [n, p] : net_->named_parameters()) {
+      Tensor t = edit(n, p.detach());
+      if (t.defined()) w.write(n, t);
+    }
+    w.commit();
+    return path;
+  }
+
+  std::string dir_, good_;
+  std::shared_ptr<nn::Module> net_;
+  io::WeightsMeta meta_;
+};
+
+TEST_F(WeightsFile, RoundTripIsExactAndKeepsMetadata) {
+  Generator g(21);
+  auto other = nets::make_model(nets::Arch::SqueezeNet1_1, 1000, &g);
+  io::LoadOptions opt;
+  opt.expect_architecture = "squeezenet1_1";
+  const io::WeightsMeta m = io::load_weights(*other, good_, opt);
+  EXPECT_EQ(m.architecture, "squeezenet1_1");
+  EXPECT_EQ(m.num_classes, 1000);
+  EXPECT_EQ(m.source, "seeded test model");
+  EXPECT_EQ(m.class_names, meta_.class_names);
+  const auto a = net_->named_parameters(), b = other->named_parameters();
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].second.to_vector<float>(), b[i].second.to_vector<float>()) << a[i].first;
+  EXPECT_FALSE(fs::exists(good_ + ".tmp-" + std::to_string(::getpid())));
+}
+
+TEST_F(WeightsFile, NonStrictLoadKeepsTheNewLayerAtItsSeededInit) {
+  Generator g(22);
+  auto model = nets::make_model(nets::Arch::SqueezeNet1_1, 1000, &g);
+  Generator head_gen(23), same_gen(23);
+  const auto fresh = nets::replace_head(*model, nets::Arch::SqueezeNet1_1, 1, 7, &head_gen);
+  EXPECT_THROW(io::load_weights(*model, good_), Error);  // strict: the head does not match
+  io::LoadOptions opt;
+  opt.strict = false;
+  opt.skip = fresh;
+  io::load_weights(*model, good_, opt);
+  nn::Conv2d expected_head(512, 7, 1, 1, 0, true, &same_gen);
+  EXPECT_EQ(model->parameter("classifier.1.weight").to_vector<float>(), expected_head.weight().to_vector<float>());
+  EXPECT_EQ(model->parameter("classifier.1.bias").to_vector<float>(), expected_head.bias().to_vector<float>());
+  for (const auto& [n, p] : net_->named_parameters())
+    if (n.rfind("classifier.1.", 0) != 0) EXPECT_EQ(model->parameter(n).to_vector<float>(), p.to_vector<float>()) << n;
+}
+
+TEST_F(WeightsFile, NotHdf5) {
+  const std::string path = dir_ + "/text.h5";
+  std::ofstream(path) << "this is not an HDF5 file\n";
+  const std::string e = error_of([&] { io::load_weights(*net_, path); });
+  EXPECT_NE(e.find(path), std::string::npos) << e;
+  EXPECT_NE(e.find("not an HDF5 file"), std::string::npos) << e;
+  EXPECT_NE(error_of([&] { io::load_weights(*net_, dir_ + "/absent.h5"); }).find("no such file"), std::string::npos);
+}
+
+TEST_F(WeightsFile, Truncated) {
+  const std::string path = dir_ + "/truncated.h5";
+  fs::copy_file(good_, path);
+  fs::resize_file(path, fs::file_size(path) / 2);
+  const std::string e = error_of([&] { io::load_weights(*net_, path); });
+  EXPECT_NE(e.find(path), std::string::npos) << e;
+  EXPECT_FALSE(e.empty());
+}
+
+TEST_F(WeightsFile, MissingDatasetIsListed) {
+  const std::string path = variant("missing", [](const std::string& n, const Tensor& t) {
+    return n == "features.3.squeeze.weight" ? Tensor() : t;
+  });
+  const std::string e = error_of([&] { io::load_weights(*net_, path); });
+  EXPECT_NE(e.find("missing keys (1): features.3.squeeze.weight"), std::string::npos) << e;
+}
+
+TEST_F(WeightsFile, WrongShapeAndDtypeAreListedTogether) {
+  const std::string path = variant("shape_dtype", [](const std::string& n, const Tensor& t) {
+    if (n == "features.0.bias") return Tensor::zeros({65});
+    if (n == "classifier.1.bias") return t.to(DType::F64);
+    return t;
+  });
+  const std::string e = error_of([&] { io::load_weights(*net_, path); });
+  EXPECT_NE(e.find("features.0.bias (file: float32 [65], model: float32 [64])"), std::string::npos) << e;
+  EXPECT_NE(e.find("classifier.1.bias (file: float64 [1000]"), std::string::npos) << e;
+  EXPECT_NE(e.find("shape or dtype mismatches (2)"), std::string::npos) << e;
+}
+
+TEST_F(WeightsFile, UnexpectedKeyAndWrongArchitecture) {
+  Generator g(24);
+  nets::AlexNet alex(1000, 0.5, &g);
+  const std::string e = error_of([&] {
+    io::LoadOptions opt;
+    opt.expect_architecture = "alexnet";
+    io::load_weights(alex, good_, opt);
+  });
+  EXPECT_NE(e.find("weights are for architecture 'squeezenet1_1', but the model is 'alexnet'"), std::string::npos) << e;
+  const std::string e2 = error_of([&] { io::load_weights(alex, good_); });
+  // Names the two layouts share (features.0, classifier.1) differ in shape.
+  EXPECT_NE(e2.find("missing keys (12): features.3.weight"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("unexpected keys (48)"), std::string::npos) << e2;
+  EXPECT_NE(e2.find("features.0.weight (file: float32 [64, 3, 3, 3], model: float32 [64, 3, 11, 11])"),
+            std::string::npos) << e2;
+}
+
+TEST_F(WeightsFile, SaveToAnUnwritableFolderLeavesNothing) {
+  EXPECT_NE(error_of([&] { io::save_weights(*net_, dir_ + "/no/such/folder/w.h5", meta_); }).find("cannot create"),
+            std::string::npos);
+}
+
+// ---- parity with PyTorch ----------------------------------------------------------------
+
+class Parity : public ::testing::Test {
+ protected:
+  struct Result {
+    Tensor logits, loss, input_grad;
+    std::vector<std::pair<std::string, Tensor>> param_grads;
+  };
+
+  // Runs our model on the batch in eval mode and backpropagates the mean cross-entropy.
+  static Result run_ours(nn::Module& model, const Tensor& x, const std::vector<int64_t>& targets) {
+    model.eval();
+    model.zero_grad();
+    Result r;
+    Tensor xin = x.detach().requires_grad_();
+    r.logits = model(xin);
+    r.loss = cross_entropy(r.logits, targets);
+    r.loss.backward();
+    r.input_grad = xin.grad();
+    for (const auto& [n, p] : model.named_parameters()) r.param_grads.emplace_back(n, p.grad());
+    return r;
+  }
+
+  static void compare(const Result& ours, const std::string& ref_path) {
+    io::H5Reader ref(ref_path);
+    const double logit_err = rel_error(ours.logits, ref.read("logits"));
+    EXPECT_LT(logit_err, 1e-5) << "logits";
+    EXPECT_NEAR(ours.loss.item(), ref.read("loss").item(), 1e-5 * std::fabs(ref.read("loss").item()));
+    EXPECT_LT(rel_error(ours.input_grad, ref.read("input_grad")), 1e-4) << "input gradient";
+    double worst = 0;
+    std::string worst_name;
+    for (const auto& [n, g] : ours.param_grads) {
+      ASSERT_TRUE(g.defined()) << n;
+      const double e = rel_error(g, ref.read("grad." + n));
+      EXPECT_LT(e, 1e-4) << "gradient of " << n;
+      if (e > worst) {
+        worst = e;
+        worst_name = n;
+      }
+    }
+    std::cout << "logits rel. error " << logit_err << "; worst parameter gradient rel. error " << worst << " ("
+              << worst_name << ")\n";
+  }
+
+  static void write_batch(const std::string& path, const Tensor& x, const std::vector<int64_t>& targets) {
+    io::H5Writer w(path);
+    w.write("x", x);
+    w.write_ints("targets", targets);
+    w.commit();
+  }
+};
+
+TEST_F(Parity, AlexNetRandomWeightsMatchPyTorch) {
+  REQUIRE_TORCH();
+  const std::string dir = testing_util::temp_dir();
+  const Tensor x = testing_util::randn({2, 3, 224, 224}, 30, DType::F32);
+  const std::vector<int64_t> targets = {3, 517};
+  write_batch(dir + "/in.h5", x, targets);
+  ASSERT_EQ(testing_util::run_reference_script("net_reference.py", "make-alexnet --seed 7 --out " + dir + "/a.pth"), 0);
+  ASSERT_EQ(testing_util::run_python("weights/convert_torchvision.py",
+                                     "--arch alexnet --pth " + dir + "/a.pth --out " + dir + "/a.h5"),
+            0);
+  ASSERT_EQ(testing_util::run_reference_script("net_reference.py", "run --arch alexnet --pth " + dir + "/a.pth --input " +
+                                                                       dir + "/in.h5 --out " + dir + "/ref.h5"),
+            0);
+  nets::AlexNet net(1000);
+  io::LoadOptions opt;
+  opt.expect_architecture = "alexnet";
+  const io::WeightsMeta meta = io::load_weights(net, dir + "/a.h5", opt);
+  EXPECT_EQ(meta.class_names.size(), 1000u);
+  compare(run_ours(net, x, targets), dir + "/ref.h5");
+  fs::remove_all(dir);
+}
+
+TEST_F(Parity, SqueezeNetRealWeightsMatchPyTorch) {
+  REQUIRE_TORCH();
+  std::string data;
+  REQUIRE_SHARED_DATA(data);
+  const std::string pth = data + "/weights/squeezenet1_1_imagenet.pth";
+  const std::string dir = testing_util::temp_dir();
+  const Tensor x = testing_util::randn({2, 3, 224, 224}, 31, DType::F32);
+  const std::vector<int64_t> targets = {130, 281};
+  write_batch(dir + "/in.h5", x, targets);
+  ASSERT_EQ(testing_util::run_python("weights/convert_torchvision.py",
+                                     "--arch squeezenet1_1 --pth " + pth + " --out " + dir + "/s.h5"),
+            0);
+  ASSERT_EQ(testing_util::run_reference_script("net_reference.py", "run --arch squeezenet1_1 --pth " + pth +
+                                                                       " --input " + dir + "/in.h5 --out " + dir +
+                                                                       "/ref.h5"),
+            0);
+  nets::SqueezeNet net(1000);
+  const io::WeightsMeta meta = io::load_weights(net, dir + "/s.h5");
+  ASSERT_EQ(meta.class_names.size(), 1000u);
+  EXPECT_EQ(meta.class_names[130], "flamingo");
+  compare(run_ours(net, x, targets), dir + "/ref.h5");
+  fs::remove_all(dir);
+}
