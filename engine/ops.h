@@ -27,6 +27,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor
 // x [..., in], weight [out, in], bias [out] or undefined: y = x W^T + b.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 Tensor relu(const Tensor& x);
+// relu whose backward follows guided backpropagation: dx = dy where x > 0 and dy > 0.
+Tensor guided_relu(const Tensor& x);
 // stride 0 means stride = kernel, as PyTorch's default.
 Tensor max_pool2d(const Tensor& x, Size2 kernel, Size2 stride = 0, Size2 padding = 0,
                   bool ceil_mode = false);
@@ -57,6 +59,8 @@ Tensor sum(const Tensor& x);  // all elements -> shape []
 Tensor sum(const Tensor& x, int64_t dim, bool keepdim = false);
 Tensor mean(const Tensor& x);
 Tensor mean(const Tensor& x, int64_t dim, bool keepdim = false);
+// max over dim of |x|, without a gradient (the reduction of a saliency map).
+Tensor abs_max(const Tensor& x, int64_t dim, bool keepdim = false);
 
 // ---- probabilities and losses ----------------------------------------------------------
 Tensor softmax(const Tensor& x, int64_t dim);

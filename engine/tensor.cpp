@@ -277,6 +277,18 @@ Tensor& Tensor::copy_(const Tensor& src) {
   return *this;
 }
 
+Tensor& Tensor::set_data(const Tensor& src) {
+  ENGINE_CHECK(src.defined(), "set_data: undefined source");
+  TensorImpl& me = impl();
+  const TensorImpl& s = *src.impl_ptr();
+  me.storage = s.storage;
+  me.offset = s.offset;
+  me.shape = s.shape;
+  me.dtype = s.dtype;
+  me.grad.reset();
+  return *this;
+}
+
 Tensor& Tensor::fill_(double value) {
   fill(*this, value);
   return *this;

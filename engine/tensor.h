@@ -89,6 +89,9 @@ class Tensor {
   Tensor flatten(int64_t start_dim = 0, int64_t end_dim = -1) const;
   // Copies src's values into this tensor's storage (same shape; no autograd).
   Tensor& copy_(const Tensor& src);
+  // Makes this tensor (and every handle to it) refer to src's storage, shape, dtype and
+  // device, keeping its own autograd flags; like PyTorch's `param.data = src`.
+  Tensor& set_data(const Tensor& src);
   Tensor& fill_(double value);
 
   // ---- autograd -------------------------------------------------------------------

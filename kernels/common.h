@@ -20,6 +20,10 @@ template <typename T> ENGINE_HD T relu_fwd(T x) { return x > T(0) ? x : T(0); }
 // Gradient of relu, written in terms of the output: y > 0 exactly where x > 0.
 template <typename T> ENGINE_HD T relu_bwd(T gy, T y) { return y > T(0) ? gy : T(0); }
 
+// Guided backpropagation's ReLU rule (Springenberg et al.): pass a gradient only where
+// both the forward input and the gradient itself are positive.
+template <typename T> ENGINE_HD T guided_relu_bwd(T gy, T y) { return (y > T(0) && gy > T(0)) ? gy : T(0); }
+
 // ---- Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3") --
 
 struct Philox4 { uint32_t v[4]; };

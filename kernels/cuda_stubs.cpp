@@ -24,6 +24,7 @@ void synchronize() { no_cuda(); }
 
 template <typename T> void relu_forward_cuda(const T*, T*, int64_t) { no_cuda(); }
 template <typename T> void relu_backward_cuda(const T*, const T*, T*, int64_t) { no_cuda(); }
+template <typename T> void guided_relu_backward_cuda(const T*, const T*, T*, int64_t) { no_cuda(); }
 template <typename T> void axpby_cuda(T, const T*, T, const T*, T*, int64_t) { no_cuda(); }
 template <typename T> void mul_cuda(const T*, const T*, T*, int64_t) { no_cuda(); }
 template <typename T> void fill_cuda(T*, T, int64_t) { no_cuda(); }
@@ -37,6 +38,7 @@ template <typename T> void sgd_step_cuda(T*, const T*, T*, const SgdParams&, int
 #define INSTANTIATE(T)                                                                   \
   template void relu_forward_cuda<T>(const T*, T*, int64_t);                             \
   template void relu_backward_cuda<T>(const T*, const T*, T*, int64_t);                  \
+  template void guided_relu_backward_cuda<T>(const T*, const T*, T*, int64_t);           \
   template void axpby_cuda<T>(T, const T*, T, const T*, T*, int64_t);                    \
   template void mul_cuda<T>(const T*, const T*, T*, int64_t);                            \
   template void fill_cuda<T>(T*, T, int64_t);                                            \

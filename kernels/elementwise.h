@@ -10,6 +10,7 @@ namespace kernels {
 
 template <typename T> void relu_forward_cpu(const T* x, T* y, int64_t n);
 template <typename T> void relu_backward_cpu(const T* gy, const T* y, T* gx, int64_t n);
+template <typename T> void guided_relu_backward_cpu(const T* gy, const T* y, T* gx, int64_t n);
 // y = a * x + b * z (z may be null when b == 0; y may alias x or z).
 template <typename T> void axpby_cpu(T a, const T* x, T b, const T* z, T* y, int64_t n);
 template <typename T> void mul_cpu(const T* a, const T* b, T* y, int64_t n);
@@ -24,6 +25,7 @@ void dropout_forward_cpu(const T* x, T* mask, T* y, T p, uint64_t seed, uint64_t
 
 template <typename T> void relu_forward_cuda(const T* x, T* y, int64_t n);
 template <typename T> void relu_backward_cuda(const T* gy, const T* y, T* gx, int64_t n);
+template <typename T> void guided_relu_backward_cuda(const T* gy, const T* y, T* gx, int64_t n);
 template <typename T> void axpby_cuda(T a, const T* x, T b, const T* z, T* y, int64_t n);
 template <typename T> void mul_cuda(const T* a, const T* b, T* y, int64_t n);
 template <typename T> void fill_cuda(T* y, T value, int64_t n);

@@ -15,8 +15,12 @@ Fire::Fire(int64_t in, int64_t s, int64_t e1, int64_t e3, engine::Generator* gen
 }
 
 Tensor Fire::forward(const Tensor& x) {
-  const Tensor s = engine::relu(squeeze->forward(x));
-  return engine::cat({engine::relu(expand1x1->forward(s)), engine::relu(expand3x3->forward(s))}, 1);
+  // Activations go through the child modules, so a pass that swaps ReLU modules
+  // (guided backpropagation) reaches them too.
+  const Tensor s = child("squeeze_activation")->forward(squeeze->forward(x));
+  return engine::cat({child("expand1x1_activation")->forward(expand1x1->forward(s)),
+                      child("expand3x3_activation")->forward(expand3x3->forward(s))},
+                     1);
 }
 
 SqueezeNet::SqueezeNet(int64_t num_classes, double dropout, engine::Generator* gen, engine::Generator* dropout_gen) {

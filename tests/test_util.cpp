@@ -159,6 +159,21 @@ bool torch_available() {
   return ok;
 }
 
+namespace {
+// Removes the test's temporary directories when the test binary exits.
+struct TempDirs {
+  std::vector<fs::path> paths;
+  ~TempDirs() {
+    std::error_code ec;
+    for (const fs::path& p : paths) fs::remove_all(p, ec);
+  }
+};
+TempDirs& temp_dirs() {
+  static TempDirs dirs;
+  return dirs;
+}
+}  // namespace
+
 std::string temp_dir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   std::string name = info ? std::string(info->test_suite_name()) + "_" + info->name() : "test";
@@ -167,6 +182,7 @@ std::string temp_dir() {
   const fs::path p = fs::temp_directory_path() / ("engine_test_" + std::to_string(::getpid()) + "_" + name);
   fs::remove_all(p);
   fs::create_directories(p);
+  temp_dirs().paths.push_back(p);
   return p.string();
 }
 

@@ -72,7 +72,7 @@ bool torch_available();
       GTEST_SKIP() << "Debian's python3-torch is not installed";                         \
     }                                                                                     \
   } while (0)
-// A fresh temporary directory for this test.
+// A fresh temporary directory for this test, removed when the test binary exits.
 std::string temp_dir();
 
 }  // namespace testing_util

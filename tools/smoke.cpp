@@ -1,5 +1,5 @@
 // engine_smoke: AlexNet (torchvision's layout, seeded random weights) on a random batch:
-// one forward and backward, the input-gradient (saliency) pass, and a few SGD steps on
+// the input-gradient (saliency) pass, then forward, backward and SGD (momentum 0.9) steps on
 // the same batch, with timings. It exercises the whole engine end to end.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "engine/autograd.h"
+#include "engine/optim/sgd.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "nets/alexnet.h"
@@ -68,17 +69,14 @@ int main(int argc, char** argv) {
 
     net.requires_grad_(true);
     net.train();
-    // SGD by hand here; engine::optim provides the full optimiser.
+    optim::SGD sgd(net.parameters(), optim::SgdOptions(lr, /*momentum=*/0.9));
     for (int step = 0; step <= steps; ++step) {
       t0 = std::chrono::steady_clock::now();
-      net.zero_grad();
+      sgd.zero_grad();
       Tensor loss = cross_entropy(net(x), labels);
       loss.backward();
       const double fwd_bwd = seconds_since(t0);
-      if (step < steps) {
-        NoGradGuard ng;
-        for (Tensor& p : net.parameters()) p.copy_(sub(p.detach(), mul(p.grad(), lr)));
-      }
+      if (step < steps) sgd.step();
       fmt::print("step {}: loss {:.5f}  ({:.3f} s forward+backward, {:.1f} images/s)\n", step, loss.item(), fwd_bwd,
                  static_cast<double>(batch) / fwd_bwd);
     }

@@ -57,26 +57,19 @@ void Module::requires_grad_(bool on) {
 }
 
 void Module::to(Device device) {
-  for (auto& [n, t] : params_) {
-    if (!t.defined() || t.device() == device) continue;
-    const bool rg = t.requires_grad();
-    t = t.detach().to(device);
-    t.requires_grad_(rg);
-  }
+  for (auto& [n, t] : params_)
+    if (t.defined() && t.device() != device) t.set_data(t.detach().to(device));
   for (auto& [n, m] : children_) m->to(device);
 }
 
 void Module::to(DType dtype) {
-  for (auto& [n, t] : params_) {
-    if (!t.defined() || t.dtype() == dtype) continue;
-    const bool rg = t.requires_grad();
-    t = t.detach().to(dtype);
-    t.requires_grad_(rg);
-  }
+  for (auto& [n, t] : params_)
+    if (t.defined() && t.dtype() != dtype) t.set_data(t.detach().to(dtype));
   for (auto& [n, m] : children_) m->to(dtype);
 }
 
 void Module::replace_child(const std::string& name, std::shared_ptr<Module> module) {
+  ENGINE_CHECK(module != nullptr, "replace_child: null module for '", name, "'");
   for (auto& [n, m] : children_)
     if (n == name) {
       m = std::move(module);
@@ -110,7 +103,10 @@ Sequential::Sequential(std::vector<std::shared_ptr<Module>> modules) {
   for (auto& m : modules) push_back(std::move(m));
 }
 
-void Sequential::push_back(std::shared_ptr<Module> m) { register_module(std::to_string(size()), std::move(m)); }
+void Sequential::push_back(std::shared_ptr<Module> m) {
+  ENGINE_CHECK(m != nullptr, "Sequential: null module at index ", size());
+  register_module(std::to_string(size()), std::move(m));
+}
 
 Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;

@@ -70,7 +70,7 @@ class Sequential : public Module {
  public:
   Sequential() = default;
   explicit Sequential(std::vector<std::shared_ptr<Module>> modules);
-  void push_back(std::shared_ptr<Module> m);
+  void push_back(std::shared_ptr<Module> m);  // m must not be null
   size_t size() const { return children().size(); }
   std::shared_ptr<Module> operator[](size_t i) const { return children()[i].second; }
   Tensor forward(const Tensor& x) override;
@@ -106,6 +106,13 @@ class ReLU : public Module {
  public:
   Tensor forward(const Tensor& x) override { return relu(x); }
   std::string name() const override { return "ReLU"; }
+};
+
+// ReLU with guided backpropagation's backward rule (engine::guided_relu).
+class GuidedReLU : public Module {
+ public:
+  Tensor forward(const Tensor& x) override { return guided_relu(x); }
+  std::string name() const override { return "GuidedReLU"; }
 };
 
 class MaxPool2d : public Module {

@@ -5,8 +5,11 @@
 
 namespace engine {
 
-Tensor relu(const Tensor& x) {
-  ENGINE_CHECK(x.defined(), "relu: undefined input");
+namespace {
+
+Tensor relu_impl(const Tensor& x, bool guided) {
+  const char* name = guided ? "guided_relu" : "relu";
+  ENGINE_CHECK(x.defined(), name, ": undefined input");
   Tensor y = empty_like(x);
   dispatch_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -14,18 +17,29 @@ Tensor relu(const Tensor& x) {
     else kernels::relu_forward_cuda<T>(x.data<T>(), y.data<T>(), x.numel());
   });
   const Tensor saved = needs_graph({x}) ? y.detach() : Tensor();
-  return record(y, {x}, "relu", [saved](const Tensor& g, const std::vector<bool>&) {
+  return record(y, {x}, name, [saved, guided](const Tensor& g, const std::vector<bool>&) {
     Tensor gx = empty_like(g);
     dispatch_dtype(g.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      if (g.device().is_cpu())
-        kernels::relu_backward_cpu<T>(g.data<T>(), saved.data<T>(), gx.data<T>(), g.numel());
-      else
-        kernels::relu_backward_cuda<T>(g.data<T>(), saved.data<T>(), gx.data<T>(), g.numel());
+      const T *gp = g.data<T>(), *yp = saved.data<T>();
+      T* out = gx.data<T>();
+      const bool cpu = g.device().is_cpu();
+      if (guided) {
+        if (cpu) kernels::guided_relu_backward_cpu<T>(gp, yp, out, g.numel());
+        else kernels::guided_relu_backward_cuda<T>(gp, yp, out, g.numel());
+      } else {
+        if (cpu) kernels::relu_backward_cpu<T>(gp, yp, out, g.numel());
+        else kernels::relu_backward_cuda<T>(gp, yp, out, g.numel());
+      }
     });
     return TensorList{gx};
   });
 }
+
+}  // namespace
+
+Tensor relu(const Tensor& x) { return relu_impl(x, false); }
+Tensor guided_relu(const Tensor& x) { return relu_impl(x, true); }
 
 Tensor dropout(const Tensor& x, double p, bool training, Generator* gen) {
   ENGINE_CHECK(x.defined(), "dropout: undefined input");

@@ -56,6 +56,22 @@ Tensor reduce_dim(const Tensor& x, int64_t dim, bool keepdim, bool average, cons
 
 }  // namespace
 
+Tensor abs_max(const Tensor& x, int64_t dim, bool keepdim) {
+  ENGINE_CHECK(x.defined(), "abs_max: undefined input");
+  const int64_t d = detail::wrap_dim("abs_max", dim, x.dim());
+  detail::require_cpu("abs_max", x);
+  const detail::Split3 sp = detail::split_at(x.shape(), d);
+  Shape out = x.shape();
+  if (keepdim) out[static_cast<size_t>(d)] = 1;
+  else out.erase(out.begin() + d);
+  Tensor y = Tensor::empty(out, x.dtype(), x.device());
+  dispatch_dtype(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    kernels::abs_max_dim_cpu<T>(x.data<T>(), y.data<T>(), sp.outer, sp.dim, sp.inner);
+  });
+  return y;
+}
+
 Tensor sum(const Tensor& x) { return reduce_all(x, 1.0, "sum"); }
 Tensor mean(const Tensor& x) {
   return reduce_all(x, x.defined() && x.numel() > 0 ? 1.0 / static_cast<double>(x.numel()) : 0.0, "mean");

@@ -90,6 +90,8 @@ void conv2d_backward_cpu(const T* x, const T* w, const T* gy, T* gx, T* gw, T* g
   const int64_t K = s.C * s.kh * s.kw, P = s.Ho * s.Wo;
   const bool pointwise = is_pointwise(s);
   std::vector<T> col(pointwise ? 0 : static_cast<std::size_t>(K * P));
+  if (gw != nullptr && s.N == 0)  // an empty batch: the loop below never writes gw
+    for (int64_t i = 0; i < s.Co * K; ++i) gw[i] = T(0);
   if (gb != nullptr) {
     for (int64_t o = 0; o < s.Co; ++o) gb[o] = T(0);
     for (int64_t n = 0; n < s.N; ++n)

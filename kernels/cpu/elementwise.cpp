@@ -18,6 +18,11 @@ template <typename T> void relu_backward_cpu(const T* gy, const T* y, T* gx, int
   for (int64_t i = 0; i < n; ++i) gx[i] = relu_bwd(gy[i], y[i]);
 }
 
+template <typename T> void guided_relu_backward_cpu(const T* gy, const T* y, T* gx, int64_t n) {
+#pragma omp parallel for simd if (n > kParallelMin)
+  for (int64_t i = 0; i < n; ++i) gx[i] = guided_relu_bwd(gy[i], y[i]);
+}
+
 template <typename T> void axpby_cpu(T a, const T* x, T b, const T* z, T* y, int64_t n) {
   if (b == T(0) || z == nullptr) {
 #pragma omp parallel for simd if (n > kParallelMin)
@@ -72,6 +77,7 @@ void dropout_forward_cpu(const T* x, T* mask, T* y, T p, uint64_t seed, uint64_t
 #define INSTANTIATE(T)                                                                  \
   template void relu_forward_cpu<T>(const T*, T*, int64_t);                             \
   template void relu_backward_cpu<T>(const T*, const T*, T*, int64_t);                  \
+  template void guided_relu_backward_cpu<T>(const T*, const T*, T*, int64_t);           \
   template void axpby_cpu<T>(T, const T*, T, const T*, T*, int64_t);                    \
   template void mul_cpu<T>(const T*, const T*, T*, int64_t);                            \
   template void fill_cpu<T>(T*, T, int64_t);                                            \

@@ -1,6 +1,8 @@
 // CPU reductions (kernels/reduce.h). Float sums accumulate in double.
 #include "kernels/reduce.h"
 
+#include <cmath>
+
 namespace kernels {
 
 template <typename T> T sum_all_cpu(const T* x, int64_t n) {
@@ -22,6 +24,20 @@ void sum_dim_cpu(const T* x, T* y, int64_t outer, int64_t dim, int64_t inner) {
 }
 
 template <typename T>
+void abs_max_dim_cpu(const T* x, T* y, int64_t outer, int64_t dim, int64_t inner) {
+#pragma omp parallel for if (outer * dim * inner > (1 << 16))
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i = 0; i < inner; ++i) {
+      T m = 0;
+      for (int64_t d = 0; d < dim; ++d) {
+        const T v = std::fabs(x[(o * dim + d) * inner + i]);
+        m = v > m ? v : m;
+      }
+      y[o * inner + i] = m;
+    }
+}
+
+template <typename T>
 void broadcast_dim_cpu(const T* y, T* x, T scale, int64_t outer, int64_t dim, int64_t inner) {
 #pragma omp parallel for if (outer * dim * inner > (1 << 16))
   for (int64_t o = 0; o < outer; ++o)
@@ -32,6 +48,7 @@ void broadcast_dim_cpu(const T* y, T* x, T scale, int64_t outer, int64_t dim, in
 #define INSTANTIATE(T)                                                        \
   template T sum_all_cpu<T>(const T*, int64_t);                              \
   template void sum_dim_cpu<T>(const T*, T*, int64_t, int64_t, int64_t);     \
+  template void abs_max_dim_cpu<T>(const T*, T*, int64_t, int64_t, int64_t); \
   template void broadcast_dim_cpu<T>(const T*, T*, T, int64_t, int64_t, int64_t);
 INSTANTIATE(float)
 INSTANTIATE(double)

@@ -8,6 +8,7 @@ namespace kernels {
 
 template <typename T>
 void softmax_forward_cpu(const T* x, T* y, int64_t outer, int64_t dim, int64_t inner, bool log) {
+  if (dim == 0) return;  // nothing to write; the max below would read past the end
 #pragma omp parallel for if (outer * dim * inner > (1 << 15))
   for (int64_t o = 0; o < outer; ++o)
     for (int64_t i = 0; i < inner; ++i) {

@@ -15,6 +15,9 @@ template <typename T> void relu_forward_cuda(const T* x, T* y, int64_t n) {
 template <typename T> void relu_backward_cuda(const T* gy, const T* y, T* gx, int64_t n) {
   parallel_for(n, [=] __device__(int64_t i) { gx[i] = relu_bwd(gy[i], y[i]); });
 }
+template <typename T> void guided_relu_backward_cuda(const T* gy, const T* y, T* gx, int64_t n) {
+  parallel_for(n, [=] __device__(int64_t i) { gx[i] = guided_relu_bwd(gy[i], y[i]); });
+}
 template <typename T> void axpby_cuda(T a, const T* x, T b, const T* z, T* y, int64_t n) {
   if (b == T(0) || z == nullptr)
     parallel_for(n, [=] __device__(int64_t i) { y[i] = a * x[i]; });
@@ -56,6 +59,7 @@ void dropout_forward_cuda(const T* x, T* mask, T* y, T p, uint64_t seed, uint64_
 #define INSTANTIATE(T)                                                                   \
   template void relu_forward_cuda<T>(const T*, T*, int64_t);                             \
   template void relu_backward_cuda<T>(const T*, const T*, T*, int64_t);                  \
+  template void guided_relu_backward_cuda<T>(const T*, const T*, T*, int64_t);           \
   template void axpby_cuda<T>(T, const T*, T, const T*, T*, int64_t);                    \
   template void mul_cuda<T>(const T*, const T*, T*, int64_t);                            \
   template void fill_cuda<T>(T*, T, int64_t);                                            \
