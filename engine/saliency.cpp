@@ -123,7 +123,7 @@ Tensor gradcam(const Split& split, const Tensor& x, const std::vector<int64_t>& 
       for (int64_t i = 0; i < h * w; ++i) cam[static_cast<size_t>(n * h * w + i)] += alpha * a[base + static_cast<size_t>(i)];
     }
   for (double& v : cam) v = std::max(v, 0.0);
-  return upsample_bilinear(Tensor::from_vector({N, h, w}, cam), x.size(2), x.size(3)).to(DType::F32);
+  return upsample_bilinear(Tensor::from_vector({N, h, w}, cam), x.size(2), x.size(3)).to(x.dtype());
 }
 
 }  // namespace
@@ -239,7 +239,7 @@ Result compute(nn::Module& model, const Tensor& x, const std::vector<int64_t>& t
       r.maps = gradcam(*split, x, targets, &r.logits);
       return r;
   }
-  r.maps = abs_max(grad, 1).to(DType::F32);
+  r.maps = abs_max(grad, 1);
   return r;
 }
 

@@ -47,7 +47,7 @@ struct Split {
 };
 
 struct Result {
-  Tensor maps;    // [N, H, W], float32, raw (not rescaled)
+  Tensor maps;    // [N, H, W] in the input's dtype, raw (not rescaled)
   Tensor logits;  // [N, K] at the unmodified input
 };
 

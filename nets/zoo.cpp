@@ -43,4 +43,27 @@ std::vector<std::string> replace_head(Module& model, Arch arch, int which_case, 
   return {"classifier.4.weight", "classifier.4.bias"};
 }
 
+engine::saliency::Split gradcam_split(Module& model, Arch arch) {
+  auto features = std::dynamic_pointer_cast<Sequential>(model.child("features"));
+  ENGINE_CHECK(features != nullptr, "gradcam_split: the model has no Sequential features");
+  // AlexNet: features.0-11 | features.12 (pool), avgpool, flatten, classifier.
+  // SqueezeNet: features | classifier, flatten.
+  const size_t cut = arch == Arch::AlexNet ? 12 : features->size();
+  engine::saliency::Split split;
+  split.trunk = [features, cut](const engine::Tensor& x) {
+    engine::Tensor h = x;
+    for (size_t i = 0; i < cut; ++i) h = (*features)[i]->forward(h);
+    return h;
+  };
+  Module* m = &model;
+  split.head = [features, cut, m, arch](const engine::Tensor& a) {
+    engine::Tensor h = a;
+    for (size_t i = cut; i < features->size(); ++i) h = (*features)[i]->forward(h);
+    if (arch == Arch::AlexNet) h = engine::flatten(m->child("avgpool")->forward(h), 1);
+    h = m->child("classifier")->forward(h);
+    return arch == Arch::AlexNet ? h : engine::flatten(h, 1);
+  };
+  return split;
+}
+
 }  // namespace nets

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engine/nn/module.h"
+#include "engine/saliency.h"
 
 namespace nets {
 
@@ -26,5 +27,9 @@ std::shared_ptr<engine::nn::Module> make_model(Arch arch, int64_t num_classes = 
 //   SqueezeNet (Case 1 only): classifier.1 becomes Conv2d(512, K, 1).
 std::vector<std::string> replace_head(engine::nn::Module& model, Arch arch, int which_case, int64_t num_classes,
                                       engine::Generator* gen = nullptr);
+
+// The cut Grad-CAM uses: the output of the last convolution's ReLU (AlexNet:
+// features.11, 256 x 13 x 13 at 224; SqueezeNet: the last Fire module, 512 x 13 x 13).
+engine::saliency::Split gradcam_split(engine::nn::Module& model, Arch arch);
 
 }  // namespace nets

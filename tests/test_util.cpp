@@ -179,7 +179,8 @@ std::string temp_dir() {
   std::string name = info ? std::string(info->test_suite_name()) + "_" + info->name() : "test";
   for (char& c : name)
     if (c == '/') c = '_';
-  const fs::path p = fs::temp_directory_path() / ("engine_test_" + std::to_string(::getpid()) + "_" + name);
+  const fs::path p = fs::temp_directory_path() / ("engine_test_" + std::to_string(::getpid()) + "_" + name + "_" +
+                                                   std::to_string(temp_dirs().paths.size()));
   fs::remove_all(p);
   fs::create_directories(p);
   temp_dirs().paths.push_back(p);
