@@ -3,7 +3,8 @@
 //   forward:         y[n]  = W[Co, C*kh*kw] * col(x[n]) + b
 //   backward input:  dx[n] = col2im(W^T * dy[n])
 //   backward weight: dW   += dy[n] * col(x[n])^T,   db += sum over n, h, w of dy
-// The GEMMs bound it: 2*N*Co*C*kh*kw*Ho*Wo flops per pass.
+// The GEMMs bound it: 2*N*Co*C*kh*kw*Ho*Wo flops per pass. The CPU version puts the
+// columns of several images side by side, so each GEMM is wide even where Ho*Wo is small.
 #pragma once
 
 #include <cstdint>
@@ -17,9 +18,11 @@ struct Conv2dShape {
   int64_t Ho, Wo;       // output
 };
 
-template <typename T> void im2col_cpu(const T* x, T* col, const Conv2dShape& s);
+// One image. ld is the row stride of col (Ho*Wo for a single image's matrix; larger
+// when several images' columns sit side by side in one matrix).
+template <typename T> void im2col_cpu(const T* x, T* col, const Conv2dShape& s, int64_t ld);
 // Adds (scatters) col back into x: x += col2im(col). x must be initialised.
-template <typename T> void col2im_cpu(const T* col, T* x, const Conv2dShape& s);
+template <typename T> void col2im_cpu(const T* col, T* x, const Conv2dShape& s, int64_t ld);
 
 template <typename T>
 void conv2d_forward_cpu(const T* x, const T* w, const T* b, T* y, const Conv2dShape& s);
