@@ -47,7 +47,7 @@ std::vector<Loaded> load_batch(const std::vector<std::string>& paths, int* failu
 
 int main(int argc, char** argv) {
   CLI::App app{"Top-k classes for images, with torchvision's evaluation preprocessing"};
-  std::string weights, device_name = "auto";
+  std::string weights, device_name = "cpu";
   int64_t topk = 5, batch = 16;
   bool json = false;
   std::vector<std::string> inputs;

@@ -88,7 +88,7 @@ int visualize(tools::LoadedModel& m, const std::string& spec, const std::string&
 
 int main(int argc, char** argv) {
   CLI::App app{"Image-specific class saliency maps through the engine's backward pass"};
-  std::string weights, out_dir, device_name = "auto", method_name = "vanilla", visualize_spec;
+  std::string weights, out_dir, device_name = "cpu", method_name = "vanilla", visualize_spec;
   std::vector<std::string> inputs, classes;
   int64_t batch = 8;
   double clip = 99.0;
