@@ -19,6 +19,15 @@ bool is_pointwise(const Conv2dShape& s) {
   return s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0;
 }
 
+// Scratch memory that lives as long as the thread: the column matrices are tens of MB,
+// and fresh pages from the OS on every call cost more than the im2col that fills them.
+template <typename T> T* scratch(std::size_t n, int slot) {
+  thread_local std::vector<T> buffers[2];
+  std::vector<T>& b = buffers[slot];
+  if (b.size() < n) b.resize(n);
+  return b.data();
+}
+
 // Images per chunk: the column matrix stays around 16M elements.
 int64_t chunk_images(const Conv2dShape& s) {
   const int64_t per_image = s.C * s.kh * s.kw * s.Ho * s.Wo;
@@ -86,8 +95,8 @@ void conv2d_forward_cpu(const T* x, const T* w, const T* b, T* y, const Conv2dSh
   const int64_t K = s.C * s.kh * s.kw, P = s.Ho * s.Wo, in_size = s.C * s.H * s.W;
   const bool pointwise = is_pointwise(s);
   const int64_t nb_max = chunk_images(s);
-  std::vector<T> col(pointwise && nb_max == 1 ? 0 : static_cast<std::size_t>(K * P * nb_max));
-  std::vector<T> out(nb_max > 1 ? static_cast<std::size_t>(s.Co * P * nb_max) : 0);
+  T* col = pointwise && nb_max == 1 ? nullptr : scratch<T>(static_cast<std::size_t>(K * P * nb_max), 0);
+  T* out = nb_max > 1 ? scratch<T>(static_cast<std::size_t>(s.Co * P * nb_max), 1) : nullptr;
   for (int64_t n0 = 0; n0 < s.N; n0 += nb_max) {
     const int64_t nb = std::min(nb_max, s.N - n0), ld = nb * P;
     const T* cols = x + n0 * in_size;  // pointwise, one image: x[n] is its own column matrix
@@ -95,14 +104,14 @@ void conv2d_forward_cpu(const T* x, const T* w, const T* b, T* y, const Conv2dSh
       for (int64_t k = 0; k < nb; ++k) {
         const T* xn = x + (n0 + k) * in_size;
         if (pointwise)
-          for (int64_t c = 0; c < K; ++c) std::memcpy(col.data() + c * ld + k * P, xn + c * P, sizeof(T) * P);
+          for (int64_t c = 0; c < K; ++c) std::memcpy(col + c * ld + k * P, xn + c * P, sizeof(T) * P);
         else
-          im2col_cpu(xn, col.data() + k * P, s, ld);
+          im2col_cpu(xn, col + k * P, s, ld);
       }
-      cols = col.data();
+      cols = col;
     }
     // One image: write straight into y. Several: GEMM into [Co, nb*P], then scatter.
-    T* dst = nb == 1 ? y + n0 * s.Co * P : out.data();
+    T* dst = nb == 1 ? y + n0 * s.Co * P : out;
     gemm_cpu<T>(false, false, s.Co, ld, K, T(1), w, K, cols, ld, T(0), dst, ld);
 #pragma omp parallel for collapse(2) if (nb * s.Co * P > (1 << 15))
     for (int64_t k = 0; k < nb; ++k)
@@ -138,36 +147,36 @@ void conv2d_backward_cpu(const T* x, const T* w, const T* gy, T* gx, T* gw, T* g
   }
   if (gx == nullptr && gw == nullptr) return;
   const int64_t nb_max = chunk_images(s);
-  std::vector<T> col(static_cast<std::size_t>(K * P * nb_max));
-  std::vector<T> gyb(static_cast<std::size_t>(s.Co * P * nb_max));
+  T* col = scratch<T>(static_cast<std::size_t>(K * P * nb_max), 0);
+  T* gyb = scratch<T>(static_cast<std::size_t>(s.Co * P * nb_max), 1);
   for (int64_t n0 = 0; n0 < s.N; n0 += nb_max) {
     const int64_t nb = std::min(nb_max, s.N - n0), ld = nb * P;
     // gy of the chunk as one [Co, nb*P] matrix.
 #pragma omp parallel for collapse(2) if (nb * s.Co * P > (1 << 15))
     for (int64_t k = 0; k < nb; ++k)
       for (int64_t o = 0; o < s.Co; ++o)
-        std::memcpy(gyb.data() + o * ld + k * P, gy + ((n0 + k) * s.Co + o) * P, sizeof(T) * P);
+        std::memcpy(gyb + o * ld + k * P, gy + ((n0 + k) * s.Co + o) * P, sizeof(T) * P);
     if (gw != nullptr) {
       for (int64_t k = 0; k < nb; ++k) {
         const T* xn = x + (n0 + k) * in_size;
         if (pointwise)
-          for (int64_t c = 0; c < K; ++c) std::memcpy(col.data() + c * ld + k * P, xn + c * P, sizeof(T) * P);
+          for (int64_t c = 0; c < K; ++c) std::memcpy(col + c * ld + k * P, xn + c * P, sizeof(T) * P);
         else
-          im2col_cpu(xn, col.data() + k * P, s, ld);
+          im2col_cpu(xn, col + k * P, s, ld);
       }
       // gW[Co, K] += gy_b[Co, nb*P] * col_b[K, nb*P]^T
-      gemm_cpu<T>(false, true, s.Co, K, ld, T(1), gyb.data(), ld, col.data(), ld, T(1), gw, K);
+      gemm_cpu<T>(false, true, s.Co, K, ld, T(1), gyb, ld, col, ld, T(1), gw, K);
     }
     if (gx != nullptr) {
       // dcol_b[K, nb*P] = W[Co, K]^T * gy_b[Co, nb*P], then scattered back per image.
-      gemm_cpu<T>(true, false, K, ld, s.Co, T(1), w, K, gyb.data(), ld, T(0), col.data(), ld);
+      gemm_cpu<T>(true, false, K, ld, s.Co, T(1), w, K, gyb, ld, T(0), col, ld);
       for (int64_t k = 0; k < nb; ++k) {
         T* gxn = gx + (n0 + k) * in_size;
         if (pointwise) {
-          for (int64_t c = 0; c < K; ++c) std::memcpy(gxn + c * P, col.data() + c * ld + k * P, sizeof(T) * P);
+          for (int64_t c = 0; c < K; ++c) std::memcpy(gxn + c * P, col + c * ld + k * P, sizeof(T) * P);
         } else {
           std::memset(gxn, 0, sizeof(T) * static_cast<std::size_t>(in_size));
-          col2im_cpu(col.data() + k * P, gxn, s, ld);
+          col2im_cpu(col + k * P, gxn, s, ld);
         }
       }
     }
