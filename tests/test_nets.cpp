@@ -203,7 +203,9 @@ TEST_F(WeightsFile, NonStrictLoadKeepsTheNewLayerAtItsSeededInit) {
   EXPECT_EQ(model->parameter("classifier.1.weight").to_vector<float>(), expected_head.weight().to_vector<float>());
   EXPECT_EQ(model->parameter("classifier.1.bias").to_vector<float>(), expected_head.bias().to_vector<float>());
   for (const auto& [n, p] : net_->named_parameters())
-    if (n.rfind("classifier.1.", 0) != 0) EXPECT_EQ(model->parameter(n).to_vector<float>(), p.to_vector<float>()) << n;
+    if (n.rfind("classifier.1.", 0) != 0) {
+      EXPECT_EQ(model->parameter(n).to_vector<float>(), p.to_vector<float>()) << n;
+    }
 }
 
 TEST_F(WeightsFile, NotHdf5) {

@@ -72,7 +72,9 @@ void expect_matches_pytorch(nets::Arch arch, const std::string& pth, const std::
     const double e = rel_error(r.maps, ref.read(key));
     EXPECT_LT(e, bound) << key;
     std::cout << name << " " << dtype_name(dtype) << " " << key << ": relative error " << e << "\n";
-    if (method == sal::Method::Vanilla) EXPECT_LT(rel_error(r.logits, ref.read("logits")), f64 ? 1e-12 : 1e-5);
+    if (method == sal::Method::Vanilla) {
+      EXPECT_LT(rel_error(r.logits, ref.read("logits")), f64 ? 1e-12 : 1e-5);
+    }
   }
 }
 
