@@ -1,4 +1,6 @@
 // conv2d and linear: shape checks, then the GEMM-based kernels.
+#include <type_traits>
+
 #include "engine/ops/common.h"
 #include "kernels/common.h"
 #include "kernels/conv.h"
@@ -33,27 +35,37 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 s
   s.Ho = kernels::pooled_size(s.H, s.kh, s.sh, s.ph, 1, false);
   s.Wo = kernels::pooled_size(s.W, s.kw, s.sw, s.pw, 1, false);
 
+  // float32 goes through oneDNN where the build has it; float64 (gradient checks) and
+  // builds without it through im2col + GEMM.
+  const bool dnnl = x.dtype() == DType::F32 && kernels::conv2d_dnnl_available();
   Tensor y = Tensor::empty({s.N, s.Co, s.Ho, s.Wo}, x.dtype(), x.device());
   dispatch_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    kernels::conv2d_forward_cpu<T>(x.data<T>(), weight.data<T>(),
-                                   bias.defined() ? bias.data<T>() : nullptr, y.data<T>(), s);
+    const T* b = bias.defined() ? bias.data<T>() : nullptr;
+    if constexpr (std::is_same_v<T, float>) {
+      if (dnnl) return kernels::conv2d_forward_dnnl(x.data<T>(), weight.data<T>(), b, y.data<T>(), s);
+    }
+    kernels::conv2d_forward_cpu<T>(x.data<T>(), weight.data<T>(), b, y.data<T>(), s);
   });
   if (!needs_graph({x, weight, bias})) return y;
   // Save only what the needed gradients read: x for the weight gradient, w for the input's.
   const Tensor sx = weight.requires_grad() ? x.detach() : Tensor();
   const Tensor sw = x.requires_grad() ? weight.detach() : Tensor();
-  return record(y, {x, weight, bias}, "conv2d", [sx, sw, s](const Tensor& g, const std::vector<bool>& needs) {
+  return record(y, {x, weight, bias}, "conv2d", [sx, sw, s, dnnl](const Tensor& g, const std::vector<bool>& needs) {
     Tensor gx = needs[0] ? Tensor::empty({s.N, s.C, s.H, s.W}, g.dtype(), g.device()) : Tensor();
     Tensor gw = needs[1] ? Tensor::empty({s.Co, s.C, s.kh, s.kw}, g.dtype(), g.device()) : Tensor();
     Tensor gb = needs[2] ? Tensor::empty({s.Co}, g.dtype(), g.device()) : Tensor();
     dispatch_dtype(g.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      kernels::conv2d_backward_cpu<T>(needs[1] ? sx.data<T>() : nullptr,
-                                      needs[0] ? sw.data<T>() : nullptr, g.data<T>(),
-                                      needs[0] ? gx.data<T>() : nullptr,
-                                      needs[1] ? gw.data<T>() : nullptr,
-                                      needs[2] ? gb.data<T>() : nullptr, s);
+      const T* xp = needs[1] ? sx.data<T>() : nullptr;
+      const T* wp = needs[0] ? sw.data<T>() : nullptr;
+      T* gxp = needs[0] ? gx.data<T>() : nullptr;
+      T* gwp = needs[1] ? gw.data<T>() : nullptr;
+      T* gbp = needs[2] ? gb.data<T>() : nullptr;
+      if constexpr (std::is_same_v<T, float>) {
+        if (dnnl) return kernels::conv2d_backward_dnnl(xp, wp, g.data<T>(), gxp, gwp, gbp, s);
+      }
+      kernels::conv2d_backward_cpu<T>(xp, wp, g.data<T>(), gxp, gwp, gbp, s);
     });
     return TensorList{gx, gw, gb};
   });
