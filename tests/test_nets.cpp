@@ -7,6 +7,8 @@
 
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include "engine/io/h5.h"
 #include "engine/io/weights.h"
 #include "nets/alexnet.h"
@@ -132,6 +134,52 @@ TEST(Surgery, SqueezeNetReplacesTheFinalConvolution) {
   NoGradGuard ng;
   net->eval();
   EXPECT_EQ((*net)(testing_util::randn({1, 3, 224, 224}, 13, DType::F32)).shape(), (Shape{1, 7}));
+}
+
+TEST(Surgery, NamesAndShapesEqualTorchvisionSurgery) {
+  REQUIRE_TORCH();
+  const std::string dir = testing_util::temp_dir();
+  ASSERT_EQ(testing_util::run_reference_script("net_reference.py", "surgery --classes 7 --out " + dir + "/s.json"), 0);
+  std::ifstream f(dir + "/s.json");
+  const nlohmann::json ref = nlohmann::json::parse(f);
+  auto as_json = [](const nn::Module& m) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& [n, p] : m.named_parameters()) out.push_back({n, p.shape()});
+    return out;
+  };
+  const std::pair<const char*, std::pair<nets::Arch, int>> cases[] = {
+      {"case1", {nets::Arch::AlexNet, 1}}, {"case2", {nets::Arch::AlexNet, 2}}, {"squeezenet", {nets::Arch::SqueezeNet1_1, 1}}};
+  for (const auto& [key, c] : cases) {
+    auto model = nets::make_model(c.first, 1000);
+    nets::replace_head(*model, c.first, c.second, 7);
+    EXPECT_EQ(as_json(*model), ref[key]) << key;
+  }
+}
+
+TEST(Surgery, NonStrictLoadIntoAlexNetCases) {
+  const std::string dir = testing_util::temp_dir();
+  Generator g(25);
+  nets::AlexNet pretrained(1000, 0.5, &g);
+  io::WeightsMeta meta;
+  meta.architecture = "alexnet";
+  meta.num_classes = 1000;
+  io::save_weights(pretrained, dir + "/alexnet.h5", meta);
+  for (int which : {1, 2}) {
+    Generator init(26), head(27), same(27);
+    auto model = nets::make_model(nets::Arch::AlexNet, 1000, &init);
+    const auto fresh = nets::replace_head(*model, nets::Arch::AlexNet, which, 7, &head);
+    io::LoadOptions opt;
+    opt.strict = false;
+    opt.skip = fresh;
+    io::load_weights(*model, dir + "/alexnet.h5", opt);
+    nn::Linear expected(4096, 7, true, &same);
+    EXPECT_EQ(model->parameter(fresh[0]).to_vector<float>(), expected.weight().to_vector<float>()) << which;
+    EXPECT_EQ(model->parameter(fresh[1]).to_vector<float>(), expected.bias().to_vector<float>()) << which;
+    for (const auto& [n, p] : model->named_parameters()) {
+      if (n == fresh[0] || n == fresh[1]) continue;
+      EXPECT_EQ(p.to_vector<float>(), pretrained.parameter(n).to_vector<float>()) << "case " << which << ": " << n;
+    }
+  }
 }
 
 // ---- weights files ------------------------------------------------------------------
