@@ -5,6 +5,9 @@
 #      (SqueezeNet 1.1 from ../shared/data, converted to HDF5; AlexNet's when a user has
 #      converted them to weights/alexnet.h5, see weights/README.md).
 #   3. saliency panels (image | map | overlay) for those photographs into out/demo/.
+#   4. finetune on the small WikiArt set (7 styles, 280 paintings): SqueezeNet 1.1 from its
+#      ImageNet weights (Case 1), and AlexNet Case 1 and Case 2 (from weights/alexnet.h5
+#      when present, else from a random initialisation, which only shows the mechanics).
 # Usage: ./demo.sh [DATA_DIR]   (default: ../shared/data)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -42,3 +45,28 @@ for w in "${weights[@]}"; do
     > "$out/$name-smoothgrad.jsonl"
   ls "$out/$name/vanilla"/*_panel.png "$out/$name/smoothgrad"/*_panel.png
 done
+
+mini="$data/wikiart-7styles-mini"
+if [ ! -d "$mini" ]; then
+  echo "No $mini: run finetune on your own ImageFolder tree:"
+  echo "  $bin/finetune --data ROOT --out RUN --weights W.h5 [--case 1|2] [--epochs N]"
+  exit 0
+fi
+rm -rf "$out/finetune"
+mkdir -p "$out/finetune"
+echo "== finetune: SqueezeNet 1.1, ImageNet weights, Case 1, $mini"
+"$bin/finetune" --data "$mini" --out "$out/finetune/squeezenet-case1" --weights "$out/squeezenet1_1.h5" \
+  --epochs 5 --cache-dir "$out/finetune/cache"
+if [ -f weights/alexnet.h5 ]; then
+  alexnet=(--weights weights/alexnet.h5)
+  echo "== finetune: AlexNet, ImageNet weights (weights/alexnet.h5)"
+else
+  alexnet=(--arch alexnet)
+  echo "== finetune: AlexNet from a random initialisation (no weights/alexnet.h5: see weights/README.md)"
+fi
+for c in 1 2; do
+  echo "-- AlexNet Case $c"
+  "$bin/finetune" --data "$mini" --out "$out/finetune/alexnet-case$c" "${alexnet[@]}" --case "$c" \
+    --epochs 3 --cache-dir "$out/finetune/cache"
+done
+echo "Curves, confusion matrices, metrics and final.h5 of each run: $out/finetune/*/"

@@ -11,6 +11,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libfmt-dev libtcmalloc-minimal4
   python3 python3-numpy python3-h5py python3-torch python3-torchvision python3-pil
+  clang libclang-rt-14-dev libomp-14-dev  # the libFuzzer targets (tests/fuzz), built by .ci/run
+  gnuplot-nox  # finetune's curves.png and confusion.png (pngcairo terminal)
 )
 
 missing=()

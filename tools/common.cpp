@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "engine/error.h"
+#include "engine/io/h5.h"
 
 namespace tools {
 
@@ -50,6 +51,13 @@ LoadedModel load_model(const std::string& weights, engine::Device device) {
   }
   ENGINE_CHECK(meta.num_classes > 0, weights, ": attribute num_classes is missing or not positive");
   m.model = nets::make_model(m.arch, meta.num_classes);
+  // An AlexNet fine-tuned in Case 2 (finetune --case 2) has one Linear(4096, K) as
+  // classifier.4 and no classifier.6: rebuild that head before loading.
+  if (m.arch == nets::Arch::AlexNet) {
+    const engine::io::H5Reader file(weights);
+    if (file.has("classifier.4.weight") && !file.has("classifier.6.weight"))
+      nets::replace_head(*m.model, m.arch, 2, meta.num_classes);
+  }
   engine::io::LoadOptions opt;
   opt.expect_architecture = meta.architecture;
   m.meta = engine::io::load_weights(*m.model, weights, opt);
@@ -97,6 +105,18 @@ std::vector<Prediction> top_k(const std::vector<float>& logits, int64_t k, const
 }
 
 std::string stem(const std::string& path) { return fs::path(path).stem().string(); }
+
+std::string naming_file(const std::string& path, const std::string& message) {
+  if (message.find(path) != std::string::npos) return message;
+  return "image file '" + path + "': " + message;
+}
+
+std::string no_images_message(const std::vector<std::string>& inputs) {
+  if (inputs.empty()) return "no images given";
+  std::string where;
+  for (const std::string& in : inputs) where += (where.empty() ? "'" : ", '") + in + "'";
+  return "no images (.jpg, .jpeg, .png) found in " + where;
+}
 
 std::vector<uint8_t> scale_map(const std::vector<float>& map, double clip_percentile) {
   std::vector<float> sorted(map);

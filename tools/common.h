@@ -42,6 +42,12 @@ std::vector<Prediction> top_k(const std::vector<float>& logits, int64_t k, const
 // "dir/n01_flamingo.JPEG" -> "n01_flamingo"
 std::string stem(const std::string& path);
 
+// An error message about an image file that names it: `message` as it is when it
+// already does, else prefixed with "image file 'PATH': ".
+std::string naming_file(const std::string& path, const std::string& message);
+// "no images (.jpg, .jpeg, .png) found in 'a', 'b'" (or "no images given").
+std::string no_images_message(const std::vector<std::string>& inputs);
+
 // ---- saliency rendering ----------------------------------------------------------------
 
 // The map scaled to [0, 255] by its own maximum, or by its `clip_percentile`-th

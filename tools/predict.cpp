@@ -28,7 +28,7 @@ std::vector<Loaded> load_batch(const std::vector<std::string>& paths, int* failu
     try {
       slots[i] = {paths[i], engine::io::eval_transform(engine::io::read_image(paths[i])).tensor};
     } catch (const std::exception& e) {
-      errors[i] = e.what();
+      errors[i] = tools::naming_file(paths[i], e.what());
     }
   }
   std::vector<Loaded> out;
@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
     tools::LoadedModel m = tools::load_model(weights, device);
     const std::vector<std::string> paths = tools::collect_images(inputs);
     if (paths.empty()) {
-      fmt::print(stderr, "predict: no images found in the given folders\n");
+      fmt::print(stderr, "predict: {}\n", tools::no_images_message(inputs));
       return 1;
     }
     engine::NoGradGuard no_grad;

@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -38,10 +39,21 @@ void write_outputs(const Item& item, const std::vector<float>& map, const std::s
   const std::vector<uint8_t> scaled = tools::scale_map(map, clip);
   const engine::io::Image grey = tools::gray_to_rgb(W, H, scaled);
   const engine::io::Image over = tools::overlay(item.pre.image, scaled);
-  engine::io::write_png_gray(base + "_saliency.png", W, H, scaled);
-  engine::io::write_png(base + "_overlay.png", over);
-  engine::io::write_png(base + "_panel.png", tools::panel({item.pre.image, grey, over}));
-  engine::io::write_npy(base + "_saliency.npy", engine::Tensor::from_vector({H, W}, map));
+  // Each file is written atomically; when one fails, the image's others are removed
+  // too, so that an image has all four outputs or none.
+  std::vector<std::string> written;
+  try {
+    engine::io::write_png_gray(base + "_saliency.png", W, H, scaled);
+    written.push_back(base + "_saliency.png");
+    engine::io::write_png(base + "_overlay.png", over);
+    written.push_back(base + "_overlay.png");
+    engine::io::write_png(base + "_panel.png", tools::panel({item.pre.image, grey, over}));
+    written.push_back(base + "_panel.png");
+    engine::io::write_npy(base + "_saliency.npy", engine::Tensor::from_vector({H, W}, map));
+  } catch (...) {
+    for (const std::string& p : written) std::remove(p.c_str());
+    throw;
+  }
   *outputs = {{"saliency", base + "_saliency.png"},
               {"overlay", base + "_overlay.png"},
               {"panel", base + "_panel.png"},
@@ -130,7 +142,7 @@ int main(int argc, char** argv) {
     if (!visualize_spec.empty()) return visualize(m, visualize_spec, out_dir, iterations, vis_lr, vis_l2);
 
     const std::vector<std::string> paths = tools::collect_images(inputs);
-    ENGINE_CHECK(!paths.empty(), "no images given (or none found in the given folders)");
+    ENGINE_CHECK(!paths.empty(), tools::no_images_message(inputs));
     ENGINE_CHECK(classes.size() <= 1 || classes.size() == paths.size(), "--class given ", classes.size(),
                  " times for ", paths.size(), " images: give it once, or once per image");
     std::vector<int64_t> requested(paths.size(), -1);
@@ -148,7 +160,7 @@ int main(int argc, char** argv) {
         try {
           items[i].pre = engine::io::eval_transform(engine::io::read_image(paths[first + i]));
         } catch (const std::exception& e) {
-          errors[i] = e.what();
+          errors[i] = tools::naming_file(paths[first + i], e.what());
         }
       }
       std::vector<Item> ok;

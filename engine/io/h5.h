@@ -1,8 +1,13 @@
 // Tensors in HDF5 files: float32/float64 datasets, int64 datasets, string lists and
 // string attributes at the root of one file. Used for weights and for reference data.
 //
-// Reading validates before allocating: a dataset's class, element size, rank and total
-// size are checked against limits, and every error names the file and the dataset.
+// Reading validates before allocating: a dataset's dataspace, type (IEEE floats and
+// plain integers only), rank and total size are checked against limits and against the
+// bytes the file can hold, string attributes must hold one string, and every error
+// names the file and the dataset. Before libhdf5 reads anything, the file's global heap
+// collections (where variable-length strings live) are walked: libhdf5 1.10 loops
+// forever on some malformed ones. libhdf5 has other bugs on malformed files that no
+// caller can rule out (docs/reliability.md).
 // Writing goes to a temporary file beside the target, renamed over it on commit(),
 // so a reader never sees a half-written file.
 #pragma once

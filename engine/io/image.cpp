@@ -593,6 +593,9 @@ Image resample_vertical(const Image& in, int out_height, const Coefficients& c, 
   return out;
 }
 
+// The most pixels resize_shorter produces (64 Mpixel: a 1024:1 image at 256).
+constexpr int64_t kMaxResizedPixels = int64_t(1) << 26;
+
 // round(d / 2) for d >= 0 with ties to even, as Python's round().
 int half_rounded_to_even(int d) {
   const int q = d / 2;
@@ -683,7 +686,13 @@ std::array<int, 2> resized_shorter_size(int width, int height, int size) {
   ENGINE_CHECK(width > 0 && height > 0, "resize: empty image (", width, "x", height, ")");
   ENGINE_CHECK(size > 0, "resize: size must be positive, got ", size);
   const int shorter = std::min(width, height), longer = std::max(width, height);
-  const int new_long = static_cast<int>(static_cast<double>(static_cast<int64_t>(size) * longer) / shorter);
+  const double scaled_long = static_cast<double>(static_cast<int64_t>(size) * longer) / shorter;
+  // A very elongated image (1 x 200000 pixels is a 500-byte PNG) would otherwise become
+  // hundreds of gigabytes before the centre crop: refuse it before allocating.
+  ENGINE_CHECK(scaled_long * size <= static_cast<double>(kMaxResizedPixels), "resize: a ", width, "x", height,
+               " image with its shorter side resized to ", size, " would have ", static_cast<int64_t>(scaled_long),
+               "x", size, " pixels, over the limit of ", kMaxResizedPixels, " (the image is too elongated)");
+  const int new_long = static_cast<int>(scaled_long);
   return width <= height ? std::array<int, 2>{size, new_long} : std::array<int, 2>{new_long, size};
 }
 

@@ -68,7 +68,8 @@ void write_png_gray(const std::string& path, int width, int height, const std::v
 // PIL's Image.resize(size, BILINEAR) of the whole image (antialiased when shrinking).
 Image resize_bilinear(const Image& image, int width, int height);
 // Output {width, height} of torchvision's Resize(size) with an int size: the shorter
-// side becomes `size`, the longer int(size * long / short).
+// side becomes `size`, the longer int(size * long / short). Throws when that output
+// would exceed 64 Mpixel (an image more elongated than 1024:1 at 256).
 std::array<int, 2> resized_shorter_size(int width, int height, int size);
 Image resize_shorter(const Image& image, int size);
 // The rectangle [top, top + height) x [left, left + width); pixels outside the image
