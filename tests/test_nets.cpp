@@ -27,17 +27,6 @@ std::vector<std::pair<std::string, Shape>> names_and_shapes(const nn::Module& m)
   return out;
 }
 
-// max |a - b| / max |b|: the error relative to the tensor's scale.
-double rel_error(const Tensor& a, const Tensor& b) {
-  const auto x = a.to_vector<double>(), y = b.to_vector<double>();
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    num = std::max(num, std::fabs(x[i] - y[i]));
-    den = std::max(den, std::fabs(y[i]));
-  }
-  return den > 0 ? num / den : num;
-}
-
 std::string error_of(const std::function<void()>& f) {
   try {
     f();
@@ -341,15 +330,15 @@ class Parity : public ::testing::Test {
 
   static void compare(const Result& ours, const std::string& ref_path) {
     io::H5Reader ref(ref_path);
-    const double logit_err = rel_error(ours.logits, ref.read("logits"));
+    const double logit_err = testing_util::rel_error(ours.logits, ref.read("logits"));
     EXPECT_LT(logit_err, 1e-5) << "logits";
     EXPECT_NEAR(ours.loss.item(), ref.read("loss").item(), 1e-5 * std::fabs(ref.read("loss").item()));
-    EXPECT_LT(rel_error(ours.input_grad, ref.read("input_grad")), 1e-4) << "input gradient";
+    EXPECT_LT(testing_util::rel_error(ours.input_grad, ref.read("input_grad")), 1e-4) << "input gradient";
     double worst = 0;
     std::string worst_name;
     for (const auto& [n, g] : ours.param_grads) {
       ASSERT_TRUE(g.defined()) << n;
-      const double e = rel_error(g, ref.read("grad." + n));
+      const double e = testing_util::rel_error(g, ref.read("grad." + n));
       EXPECT_LT(e, 1e-4) << "gradient of " << n;
       if (e > worst) {
         worst = e;

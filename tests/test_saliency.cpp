@@ -15,16 +15,6 @@ namespace sal = engine::saliency;
 
 namespace {
 
-double rel_error(const Tensor& a, const Tensor& b) {
-  const auto x = a.to_vector<double>(), y = b.to_vector<double>();
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    num = std::max(num, std::fabs(x[i] - y[i]));
-    den = std::max(den, std::fabs(y[i]));
-  }
-  return den > 0 ? num / den : num;
-}
-
 sal::Result run(nn::Module& m, nets::Arch arch, const Tensor& x, const std::vector<int64_t>& t, sal::Method method,
                 int steps = 8) {
   sal::Options opt;
@@ -69,11 +59,11 @@ void expect_matches_pytorch(nets::Arch arch, const std::string& pth, const std::
   for (const auto& [method, key] : methods) {
     const sal::Result r = run(*model, arch, x.to(dtype), targets, method);
     EXPECT_EQ(r.maps.shape(), (Shape{2, 224, 224})) << key;
-    const double e = rel_error(r.maps, ref.read(key));
+    const double e = testing_util::rel_error(r.maps, ref.read(key));
     EXPECT_LT(e, bound) << key;
     std::cout << name << " " << dtype_name(dtype) << " " << key << ": relative error " << e << "\n";
     if (method == sal::Method::Vanilla) {
-      EXPECT_LT(rel_error(r.logits, ref.read("logits")), f64 ? 1e-12 : 1e-5);
+      EXPECT_LT(testing_util::rel_error(r.logits, ref.read("logits")), f64 ? 1e-12 : 1e-5);
     }
   }
 }

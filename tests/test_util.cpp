@@ -61,6 +61,16 @@ Tensor distinct(const Shape& shape, uint64_t seed, double gap, DType dtype) {
          << atol + rtol * std::fabs(y[w]) << " (rtol " << rtol << ", atol " << atol << ")";
 }
 
+double rel_error(const Tensor& a, const Tensor& b) {
+  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    num = std::max(num, std::fabs(x[i] - y[i]));
+    den = std::max(den, std::fabs(y[i]));
+  }
+  return den > 0 ? num / den : num;
+}
+
 ::testing::AssertionResult gradcheck(const std::function<Tensor(const TensorList&)>& f,
                                      const TensorList& inputs, const GradcheckOptions& opt) {
   for (const Tensor& t : inputs)

@@ -40,6 +40,9 @@ struct GradcheckOptions {
   uint64_t projection_seed = 1234;
 };
 
+// max |a - b| / max |b|: the error relative to the reference tensor's scale.
+double rel_error(const Tensor& a, const Tensor& b);
+
 // f64 central-difference check of d(sum(f(inputs) * R))/d(inputs) for a fixed random R,
 // against autograd, for every input that requires a gradient.
 ::testing::AssertionResult gradcheck(const std::function<Tensor(const TensorList&)>& f,

@@ -8,29 +8,14 @@
 #include <filesystem>
 
 #include "engine/error.h"
+#include "engine/io/h5_handle.h"
 
 namespace engine::data {
 
 namespace {
 
-struct Handle {
-  hid_t id;
-  herr_t (*close)(hid_t);
-  Handle(hid_t i, herr_t (*c)(hid_t)) : id(i), close(c) {}
-  ~Handle() {
-    if (id >= 0) close(id);
-  }
-  Handle(const Handle&) = delete;
-  Handle& operator=(const Handle&) = delete;
-};
-
-void quiet_hdf5() {
-  static const bool done = [] {
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    return true;
-  }();
-  (void)done;
-}
+using io::detail::Handle;
+using io::detail::silence_hdf5;
 
 class MemoryCache : public FeatureCache {
  public:
@@ -71,7 +56,7 @@ class FileCache : public FeatureCache {
   // Creates a new file (tmp name until finish()).
   FileCache(const std::string& path, int64_t rows, const Shape& row_shape, const std::string& key)
       : FeatureCache(rows, row_shape, path), key_(key), tmp_(path + ".tmp-" + std::to_string(::getpid())) {
-    quiet_hdf5();
+    silence_hdf5();
     file_ = H5Fcreate(tmp_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     ENGINE_CHECK(file_ >= 0, path, ": cannot create the feature cache (is the folder writable?)");
     const hsize_t dims[2] = {static_cast<hsize_t>(rows), static_cast<hsize_t>(row_numel())};
@@ -88,7 +73,7 @@ class FileCache : public FeatureCache {
   // Opens a finished file for reading; file_ < 0 when it is not usable.
   FileCache(const std::string& path, int64_t rows, const Shape& row_shape, const std::string& key, bool)
       : FeatureCache(rows, row_shape, path), key_(key) {
-    quiet_hdf5();
+    silence_hdf5();
     open_for_reading();
   }
 

@@ -13,6 +13,7 @@
 #include <filesystem>
 
 #include "engine/error.h"
+#include "engine/io/h5_handle.h"
 
 namespace engine::io {
 namespace {
@@ -24,26 +25,8 @@ constexpr int64_t kMaxStrings = int64_t(1) << 24;   // class names and the like
 // unfiltered dataset's bytes must all be in the file.
 constexpr int64_t kMaxFilterExpansion = 1032;
 
-// HDF5 prints its error stack by default; the engine reports errors itself.
-void silence_hdf5() {
-  static const bool done = [] {
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-    return true;
-  }();
-  (void)done;
-}
-
-// Closes an HDF5 handle at scope exit.
-struct Handle {
-  hid_t id;
-  herr_t (*close)(hid_t);
-  Handle(hid_t i, herr_t (*c)(hid_t)) : id(i), close(c) {}
-  ~Handle() {
-    if (id >= 0) close(id);
-  }
-  Handle(const Handle&) = delete;
-  Handle& operator=(const Handle&) = delete;
-};
+using detail::Handle;
+using detail::silence_hdf5;
 
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
   throw Error(path + ": " + what);

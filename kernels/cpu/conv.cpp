@@ -28,6 +28,20 @@ template <typename T> T* scratch(std::size_t n, int slot) {
   return b.data();
 }
 
+// The column matrix of images [n0, n0 + nb) in col, [C*kh*kw, nb*Ho*Wo]: image k's
+// columns start at column k*Ho*Wo. A pointwise convolution's columns are the input itself.
+template <typename T>
+void chunk_columns(const T* x, int64_t n0, int64_t nb, T* col, const Conv2dShape& s) {
+  const int64_t K = s.C * s.kh * s.kw, P = s.Ho * s.Wo, ld = nb * P;
+  for (int64_t k = 0; k < nb; ++k) {
+    const T* xn = x + (n0 + k) * s.C * s.H * s.W;
+    if (is_pointwise(s))
+      for (int64_t c = 0; c < K; ++c) std::memcpy(col + c * ld + k * P, xn + c * P, sizeof(T) * P);
+    else
+      im2col_cpu(xn, col + k * P, s, ld);
+  }
+}
+
 // Images per chunk: the column matrix stays around 16M elements.
 int64_t chunk_images(const Conv2dShape& s) {
   const int64_t per_image = s.C * s.kh * s.kw * s.Ho * s.Wo;
@@ -101,13 +115,7 @@ void conv2d_forward_cpu(const T* x, const T* w, const T* b, T* y, const Conv2dSh
     const int64_t nb = std::min(nb_max, s.N - n0), ld = nb * P;
     const T* cols = x + n0 * in_size;  // pointwise, one image: x[n] is its own column matrix
     if (!(pointwise && nb == 1)) {
-      for (int64_t k = 0; k < nb; ++k) {
-        const T* xn = x + (n0 + k) * in_size;
-        if (pointwise)
-          for (int64_t c = 0; c < K; ++c) std::memcpy(col + c * ld + k * P, xn + c * P, sizeof(T) * P);
-        else
-          im2col_cpu(xn, col + k * P, s, ld);
-      }
+      chunk_columns(x, n0, nb, col, s);
       cols = col;
     }
     // One image: write straight into y. Several: GEMM into [Co, nb*P], then scatter.
@@ -157,13 +165,7 @@ void conv2d_backward_cpu(const T* x, const T* w, const T* gy, T* gx, T* gw, T* g
       for (int64_t o = 0; o < s.Co; ++o)
         std::memcpy(gyb + o * ld + k * P, gy + ((n0 + k) * s.Co + o) * P, sizeof(T) * P);
     if (gw != nullptr) {
-      for (int64_t k = 0; k < nb; ++k) {
-        const T* xn = x + (n0 + k) * in_size;
-        if (pointwise)
-          for (int64_t c = 0; c < K; ++c) std::memcpy(col + c * ld + k * P, xn + c * P, sizeof(T) * P);
-        else
-          im2col_cpu(xn, col + k * P, s, ld);
-      }
+      chunk_columns(x, n0, nb, col, s);
       // gW[Co, K] += gy_b[Co, nb*P] * col_b[K, nb*P]^T
       gemm_cpu<T>(false, true, s.Co, K, ld, T(1), gyb, ld, col, ld, T(1), gw, K);
     }
