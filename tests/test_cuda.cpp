@@ -43,6 +43,16 @@ TEST_P(CudaTyped, ReluForwardBackwardMatchCpu) {
   EXPECT_ALL_CLOSE(xg.grad().to(Device::cpu()), xc.grad(), 0, 0);
 }
 
+TEST_P(CudaTyped, GuidedReluBackwardMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  Tensor x = randn({3, 17, 11}, 30, GetParam());
+  Tensor gy = randn({3, 17, 11}, 31, GetParam());
+  Tensor xc = x.detach().requires_grad_(), xg = x.to(kCuda).requires_grad_();
+  guided_relu(xc).backward(gy);
+  guided_relu(xg).backward(gy.to(kCuda));
+  EXPECT_ALL_CLOSE(xg.grad().to(Device::cpu()), xc.grad(), 0, 0);
+}
+
 TEST_P(CudaTyped, ArithmeticMatchesCpu) {
   SKIP_WITHOUT_CUDA();
   Tensor a = randn({257, 3}, 4, GetParam()), b = randn({257, 3}, 5, GetParam());
