@@ -24,6 +24,10 @@ def main():
 
     torch.manual_seed(1)
     dev = torch.device(args.device)
+    # The engine computes in exact FP32 on the GPU unless asked otherwise: compare at the
+    # same precision (PyTorch lets cuDNN use TF32 by default).
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     net = torchvision.models.alexnet(weights=None).to(dev)
     x = torch.randn(args.batch, 3, 224, 224, device=dev)
     labels = torch.tensor([(i * 37) % 1000 for i in range(args.batch)], device=dev)

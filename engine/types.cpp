@@ -29,6 +29,7 @@ Device Device::parse(const std::string& name) {
                  "without CUDA); use --device cpu or auto");
     ENGINE_CHECK(index < count, "device '", name, "' requested but only ", count,
                  " CUDA device(s) exist");
+    kernels::cuda::set_device(index);
     return cuda(index);
   }
   throw Error("bad device name '" + name + "': expected cpu, cuda, cuda:N or auto");

@@ -39,4 +39,22 @@ void conv2d_forward_dnnl(const float* x, const float* w, const float* b, float* 
 void conv2d_backward_dnnl(const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
                           const Conv2dShape& s);
 
+// CUDA (kernels/cuda/conv.cu). cuDNN for the convolution itself: forward, backward-data,
+// backward-filter and the bias gradient, float and double; the algorithm is chosen once
+// per shape (cudnnFind*) and cached with its workspace. set_cudnn_deterministic(true)
+// restricts the choice to deterministic algorithms. Null gradient pointers are skipped.
+template <typename T>
+void conv2d_forward_cudnn(const T* x, const T* w, const T* b, T* y, const Conv2dShape& s);
+template <typename T>
+void conv2d_backward_cudnn(const T* x, const T* w, const T* gy, T* gx, T* gw, T* gb,
+                           const Conv2dShape& s);
+void set_cudnn_deterministic(bool deterministic);
+bool cudnn_deterministic();
+// Handwritten im2col/col2im (col2im gathers: deterministic, no atomics) and the
+// im2col + GEMM convolution built on them, benchmarked against cuDNN and tested against it.
+template <typename T> void im2col_cuda(const T* x, T* col, const Conv2dShape& s, int64_t ld);
+template <typename T> void col2im_cuda(const T* col, T* x, const Conv2dShape& s, int64_t ld);
+template <typename T>
+void conv2d_forward_im2col_cuda(const T* x, const T* w, const T* b, T* y, const Conv2dShape& s);
+
 }  // namespace kernels

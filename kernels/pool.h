@@ -14,6 +14,7 @@ struct Pool2dShape {
   int64_t Ho, Wo;
 };
 
+// argmax may be null (a forward pass without a graph): then only y is written.
 template <typename T>
 void max_pool2d_forward_cpu(const T* x, T* y, int64_t* argmax, const Pool2dShape& s);
 template <typename T>
@@ -25,5 +26,19 @@ void adaptive_avg_pool2d_forward_cpu(const T* x, T* y, int64_t NC, int64_t H, in
 template <typename T>
 void adaptive_avg_pool2d_backward_cpu(const T* gy, T* gx, int64_t NC, int64_t H, int64_t W,
                                       int64_t Ho, int64_t Wo);
+
+// CUDA (kernels/cuda/pool.cu): same contracts. max_pool2d backward gathers, for each
+// input element, the gradients of the windows whose argmax it is, so it needs no atomics
+// and is deterministic; argmax lives in device memory.
+template <typename T>
+void max_pool2d_forward_cuda(const T* x, T* y, int64_t* argmax, const Pool2dShape& s);
+template <typename T>
+void max_pool2d_backward_cuda(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s);
+template <typename T>
+void adaptive_avg_pool2d_forward_cuda(const T* x, T* y, int64_t NC, int64_t H, int64_t W,
+                                      int64_t Ho, int64_t Wo);
+template <typename T>
+void adaptive_avg_pool2d_backward_cuda(const T* gy, T* gx, int64_t NC, int64_t H, int64_t W,
+                                       int64_t Ho, int64_t Wo);
 
 }  // namespace kernels

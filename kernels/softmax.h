@@ -24,4 +24,20 @@ template <typename T>
 void cross_entropy_backward_cpu(const T* prob, const int64_t* target, T g, T* gz, int64_t N,
                                 int64_t K);
 
+// CUDA (kernels/cuda/softmax.cu): one warp (or block) per row with warp-shuffle
+// reductions. Pointers are device pointers, target included; the mean loss is written
+// to the one-element device array loss, and backward reads the upstream gradient g from
+// the one-element device array g.
+template <typename T>
+void softmax_forward_cuda(const T* x, T* y, int64_t outer, int64_t dim, int64_t inner, bool log);
+template <typename T>
+void softmax_backward_cuda(const T* gy, const T* y, T* gx, int64_t outer, int64_t dim,
+                           int64_t inner, bool log);
+template <typename T>
+void cross_entropy_forward_cuda(const T* z, const int64_t* target, T* prob, T* loss, int64_t N,
+                                int64_t K);
+template <typename T>
+void cross_entropy_backward_cuda(const T* prob, const int64_t* target, const T* g, T* gz,
+                                 int64_t N, int64_t K);
+
 }  // namespace kernels

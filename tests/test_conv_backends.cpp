@@ -11,18 +11,8 @@ using namespace engine;
 
 namespace {
 
-struct Case {
-  int64_t N, C, H, W, Co, kh, kw, sh, sw, ph, pw;
-};
-
-kernels::Conv2dShape shape_of(const Case& c) {
-  kernels::Conv2dShape s{};
-  s.N = c.N; s.C = c.C; s.H = c.H; s.W = c.W; s.Co = c.Co; s.kh = c.kh; s.kw = c.kw;
-  s.sh = c.sh; s.sw = c.sw; s.ph = c.ph; s.pw = c.pw;
-  s.Ho = kernels::pooled_size(c.H, c.kh, c.sh, c.ph, 1, false);
-  s.Wo = kernels::pooled_size(c.W, c.kw, c.sw, c.pw, 1, false);
-  return s;
-}
+using Case = testing_util::ConvCase;
+const auto shape_of = testing_util::conv_shape;
 
 class ConvBackends : public ::testing::TestWithParam<Case> {};
 

@@ -1,120 +1,965 @@
-// The CUDA backend against the CPU on the same random inputs. Every test skips without
-// a CUDA device and runs for real on a machine with one.
+// The CUDA backend against the CPU on the same random inputs: every op in engine/ops.h
+// forward and backward in float32 and float64, the float64 central-difference gradient
+// check run on the device, the kernels the ops are built from (GEMM, im2col/col2im, the
+// cuDNN and im2col convolutions, dropout masks, the SGD step) and device parsing. Every
+// GPU test skips without a CUDA device and runs for real on a machine with one; the
+// whole networks and the caching allocator are in test_cuda_nets.cpp.
+//
+// Tolerance: a CUDA element passes when |cuda - cpu| <= rtol * |cpu| + rtol * max|cpu|,
+// rtol 1e-5 for float32 and 1e-12 for float64 (rtol_for). The second term covers the
+// elements where a long sum cancels to near zero and the summation order decides the
+// last bits. Copies, relu, abs_max, concatenation and the dropout kernel's masks
+// compare exactly.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <iterator>
+#include <limits>
+#include <string>
+#include <vector>
+
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/optim/sgd.h"
+#include "kernels/common.h"
+#include "kernels/conv.h"
 #include "kernels/cuda_runtime.h"
+#include "kernels/elementwise.h"
+#include "kernels/gemm.h"
 #include "kernels/sgd.h"
 #include "tests/test_util.h"
 
 using namespace engine;
+using testing_util::distinct;
 using testing_util::randn;
 
 #define SKIP_WITHOUT_CUDA() \
   if (!engine::cuda_available()) GTEST_SKIP() << "no CUDA device"
 
 namespace {
+
+const Device kCpu = Device::cpu();
 const Device kCuda = Device::cuda(0);
 double rtol_for(DType t) { return t == DType::F32 ? 1e-5 : 1e-12; }
+
+double max_abs(const Tensor& t) {
+  double m = 0;
+  for (double v : t.to_vector<double>()) m = std::max(m, std::fabs(v));
+  return m;
+}
+
+// A result computed on the GPU against the CPU's, with the tolerance described above
+// (rtol 0: exact). Fails when the result is not on the GPU at all.
+::testing::AssertionResult matches_cpu(const Tensor& cuda, const Tensor& cpu, double rtol) {
+  if (!cuda.defined() || !cpu.defined()) return ::testing::AssertionFailure() << "undefined result";
+  if (!cuda.device().is_cuda())
+    return ::testing::AssertionFailure() << "the result is " << cuda.str() << ", not on the GPU";
+  return testing_util::all_close(cuda.to(kCpu), cpu, rtol, rtol * max_abs(cpu));
+}
+#define EXPECT_MATCHES_CPU(cuda, cpu, rtol) EXPECT_TRUE(matches_cpu((cuda), (cpu), (rtol)))
+
+// Bitwise equality of two tensors of one dtype (on any devices); names the first difference.
+::testing::AssertionResult bit_identical(const Tensor& a, const Tensor& b) {
+  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  if (x.size() != y.size()) return ::testing::AssertionFailure() << "sizes differ";
+  for (size_t i = 0; i < x.size(); ++i)
+    if (std::memcmp(&x[i], &y[i], sizeof(double)) != 0)
+      return ::testing::AssertionFailure() << "element " << i << " of " << a.str() << ": " << x[i] << " vs "
+                                           << y[i];
+  return ::testing::AssertionSuccess();
+}
+
+Tensor leaf(Tensor t) { return t.requires_grad_(); }
+
+using OpFn = std::function<Tensor(const TensorList&)>;
+
+// Runs f on CPU copies and on CUDA copies of the host inputs (those that require a
+// gradient become leaves that do, on both devices), compares the outputs, then
+// backpropagates the same random upstream gradient on both and compares the gradient
+// of every input that requires one.
+void expect_op_matches_cpu(const OpFn& f, const TensorList& inputs, double rtol, uint64_t seed = 4242) {
+  TensorList on_cpu, on_gpu;
+  for (const Tensor& t : inputs) {
+    if (!t.defined()) {
+      on_cpu.emplace_back();
+      on_gpu.emplace_back();
+      continue;
+    }
+    Tensor c = t.detach().clone(), g = t.detach().to(kCuda);
+    if (t.requires_grad()) {
+      c.requires_grad_();
+      g.requires_grad_();
+    }
+    on_cpu.push_back(c);
+    on_gpu.push_back(g);
+  }
+  const Tensor yc = f(on_cpu), yg = f(on_gpu);
+  EXPECT_MATCHES_CPU(yg, yc, rtol) << "forward";
+  if (!yc.requires_grad()) {
+    EXPECT_FALSE(yg.requires_grad());
+    return;
+  }
+  const Tensor gy = randn(yc.shape(), seed, yc.dtype());
+  yc.backward(gy);
+  yg.backward(gy.to(kCuda));
+  for (size_t k = 0; k < inputs.size(); ++k) {
+    if (!on_cpu[k].defined() || !on_cpu[k].requires_grad()) continue;
+    ASSERT_TRUE(on_gpu[k].grad().defined()) << "input " << k << " received no gradient on the GPU";
+    EXPECT_MATCHES_CPU(on_gpu[k].grad(), on_cpu[k].grad(), rtol) << "gradient of input " << k;
+  }
+}
+
+// testing_util::gradcheck with f evaluated on the GPU: the float64 host inputs are
+// copied to the device inside the checked function, so the central differences perturb
+// the host copies while the analytic gradient comes from the CUDA backward, carried back
+// to the host leaves through the (differentiable) copies.
+::testing::AssertionResult cuda_gradcheck(const OpFn& f, const TensorList& inputs,
+                                          const testing_util::GradcheckOptions& opt = {}) {
+  auto on_device = [&f](const TensorList& host) {
+    TensorList dev;
+    for (const Tensor& t : host) dev.push_back(t.defined() ? t.to(kCuda) : Tensor());
+    return f(dev);
+  };
+  {
+    NoGradGuard ng;
+    const Tensor probe = on_device(inputs);
+    if (!probe.device().is_cuda())
+      return ::testing::AssertionFailure() << "the checked function returned " << probe.str() << ", not a GPU tensor";
+  }
+  return testing_util::gradcheck([&](const TensorList& host) { return on_device(host).to(kCpu); }, inputs, opt);
+}
+#define EXPECT_CUDA_GRADCHECK(...) EXPECT_TRUE(cuda_gradcheck(__VA_ARGS__))
+
+// ---- convolution cases shared by the op and kernel tests ----------------------------------
+
+using testing_util::ConvCase;
+using testing_util::describe;
+const auto shape_of = testing_util::conv_shape;
+
+// Odd, non-square shapes; batch 1 and 2; the 1x1 pointwise path and the large-kernel,
+// large-stride geometry of AlexNet's first layer.
+const ConvCase kConvCases[] = {
+    {2, 3, 7, 9, 4, 3, 3, 1, 1, 0, 0},     {2, 3, 7, 9, 5, 3, 3, 2, 2, 1, 1},
+    {2, 3, 7, 9, 4, 3, 3, 2, 1, 1, 2},     {2, 2, 6, 7, 3, 3, 2, 1, 2, 0, 1},
+    {1, 3, 8, 5, 2, 3, 3, 1, 1, 1, 1},     {1, 2, 11, 12, 3, 5, 5, 3, 3, 2, 2},
+    {2, 2, 3, 4, 3, 5, 4, 1, 1, 1, 0},     {2, 5, 4, 7, 3, 1, 1, 1, 1, 0, 0},
+    {1, 4, 3, 5, 6, 1, 1, 1, 1, 0, 0},     {2, 3, 5, 6, 4, 1, 1, 2, 2, 0, 0},
+    {1, 3, 4, 3, 2, 1, 1, 1, 1, 1, 1},     {2, 3, 35, 33, 8, 11, 11, 4, 4, 2, 2}};
+
+// AlexNet's five convolutions at batch 2.
+const ConvCase kAlexNetConvs[] = {{2, 3, 224, 224, 64, 11, 11, 4, 4, 2, 2},
+                                  {2, 64, 27, 27, 192, 5, 5, 1, 1, 2, 2},
+                                  {2, 192, 13, 13, 384, 3, 3, 1, 1, 1, 1},
+                                  {2, 384, 13, 13, 256, 3, 3, 1, 1, 1, 1},
+                                  {2, 256, 13, 13, 256, 3, 3, 1, 1, 1, 1}};
+
 }  // namespace
 
 class CudaTyped : public ::testing::TestWithParam<DType> {};
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaTyped, ::testing::Values(DType::F32, DType::F64),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
+// ---- copies, random streams ------------------------------------------------------------
+
 TEST_P(CudaTyped, CopiesRoundTrip) {
   SKIP_WITHOUT_CUDA();
   Tensor x = randn({3, 5, 7}, 1, GetParam());
   Tensor d = x.to(kCuda);
   EXPECT_TRUE(d.device().is_cuda());
-  EXPECT_ALL_CLOSE(d.to(Device::cpu()), x, 0, 0);
-  EXPECT_ALL_CLOSE(d.clone().to(Device::cpu()), x, 0, 0);
+  EXPECT_ALL_CLOSE(d.to(kCpu), x, 0, 0);
+  EXPECT_ALL_CLOSE(d.clone().to(kCpu), x, 0, 0);
   EXPECT_EQ(d.at({2, 4, 6}), x.at({2, 4, 6}));
-}
-
-TEST_P(CudaTyped, ReluForwardBackwardMatchCpu) {
-  SKIP_WITHOUT_CUDA();
-  Tensor x = randn({4, 33, 17}, 2, GetParam());
-  Tensor gy = randn({4, 33, 17}, 3, GetParam());
-  Tensor xc = x.detach().requires_grad_(), xg = x.to(kCuda).requires_grad_();
-  Tensor yc = relu(xc), yg = relu(xg);
-  yc.backward(gy);
-  yg.backward(gy.to(kCuda));
-  EXPECT_ALL_CLOSE(yg.to(Device::cpu()), yc, 0, 0);
-  EXPECT_ALL_CLOSE(xg.grad().to(Device::cpu()), xc.grad(), 0, 0);
-}
-
-TEST_P(CudaTyped, GuidedReluBackwardMatchesCpu) {
-  SKIP_WITHOUT_CUDA();
-  Tensor x = randn({3, 17, 11}, 30, GetParam());
-  Tensor gy = randn({3, 17, 11}, 31, GetParam());
-  Tensor xc = x.detach().requires_grad_(), xg = x.to(kCuda).requires_grad_();
-  guided_relu(xc).backward(gy);
-  guided_relu(xg).backward(gy.to(kCuda));
-  EXPECT_ALL_CLOSE(xg.grad().to(Device::cpu()), xc.grad(), 0, 0);
-}
-
-TEST_P(CudaTyped, ArithmeticMatchesCpu) {
-  SKIP_WITHOUT_CUDA();
-  Tensor a = randn({257, 3}, 4, GetParam()), b = randn({257, 3}, 5, GetParam());
-  Tensor ag = a.to(kCuda), bg = b.to(kCuda);
-  const double r = rtol_for(GetParam());
-  EXPECT_ALL_CLOSE(add(ag, bg).to(Device::cpu()), add(a, b), r, 0);
-  EXPECT_ALL_CLOSE(sub(ag, bg).to(Device::cpu()), sub(a, b), r, 0);
-  EXPECT_ALL_CLOSE(mul(ag, bg).to(Device::cpu()), mul(a, b), r, 0);
-  EXPECT_ALL_CLOSE(mul(ag, 0.37).to(Device::cpu()), mul(a, 0.37), r, 0);
-  EXPECT_ALL_CLOSE(ag.to(DType::F64 == GetParam() ? DType::F32 : DType::F64).to(Device::cpu()),
-                   a.to(DType::F64 == GetParam() ? DType::F32 : DType::F64), 0, 0);
+  const DType other = GetParam() == DType::F64 ? DType::F32 : DType::F64;
+  EXPECT_ALL_CLOSE(d.to(other).to(kCpu), x.to(other), 0, 0);
 }
 
 TEST_P(CudaTyped, RandomStreamsMatchCpu) {
   SKIP_WITHOUT_CUDA();
   Generator gc(99), gg(99);
   const double r = rtol_for(GetParam());
-  EXPECT_ALL_CLOSE(Tensor::randn({1001}, gg, GetParam(), kCuda).to(Device::cpu()),
-                   Tensor::randn({1001}, gc, GetParam()), r, r);
-  EXPECT_ALL_CLOSE(Tensor::rand({999}, gg, GetParam(), kCuda, -1, 2).to(Device::cpu()),
-                   Tensor::rand({999}, gc, GetParam(), Device::cpu(), -1, 2), r, 0);
+  EXPECT_ALL_CLOSE(Tensor::randn({1001}, gg, GetParam(), kCuda).to(kCpu), Tensor::randn({1001}, gc, GetParam()), r, r);
+  EXPECT_ALL_CLOSE(Tensor::rand({999}, gg, GetParam(), kCuda, -1, 2).to(kCpu),
+                   Tensor::rand({999}, gc, GetParam(), kCpu, -1, 2), r, 0);
+}
+
+// ---- activations and dropout ---------------------------------------------------------------
+
+TEST_P(CudaTyped, ReluForwardBackwardMatchCpu) {
+  SKIP_WITHOUT_CUDA();
+  expect_op_matches_cpu([](const TensorList& in) { return relu(in[0]); }, {leaf(randn({4, 33, 17}, 2, GetParam()))},
+                        0);
+}
+
+TEST_P(CudaTyped, GuidedReluBackwardMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  expect_op_matches_cpu([](const TensorList& in) { return guided_relu(in[0]); },
+                        {leaf(randn({3, 17, 11}, 30, GetParam()))}, 0);
 }
 
 TEST_P(CudaTyped, DropoutMasksMatchCpu) {
   SKIP_WITHOUT_CUDA();
-  Tensor x = randn({8, 513}, 6, GetParam());
-  Generator gc(5), gg(5);
-  Tensor xc = x.detach().requires_grad_(), xg = x.to(kCuda).requires_grad_();
-  Tensor yc = dropout(xc, 0.3, true, &gc), yg = dropout(xg, 0.3, true, &gg);
-  EXPECT_ALL_CLOSE(yg.to(Device::cpu()), yc, rtol_for(GetParam()), 0);
-  sum(yc).backward();
-  sum(yg).backward();
-  EXPECT_ALL_CLOSE(xg.grad().to(Device::cpu()), xc.grad(), rtol_for(GetParam()), 0);
+  // A generator seeded identically in every call: the same counters on both devices.
+  auto train = [](const TensorList& in) {
+    Generator gen(5);
+    return dropout(in[0], 0.3, true, &gen);
+  };
+  expect_op_matches_cpu(train, {leaf(randn({8, 513}, 6, GetParam()))}, rtol_for(GetParam()));
+  expect_op_matches_cpu([](const TensorList& in) { return dropout(in[0], 0.3, false); },
+                        {leaf(randn({5, 7}, 7, GetParam()))}, 0);
 }
 
-TEST_P(CudaTyped, SgdStepMatchesCpu) {
+// ---- arithmetic, shapes --------------------------------------------------------------------
+
+TEST_P(CudaTyped, ArithmeticMatchesCpu) {
   SKIP_WITHOUT_CUDA();
-  Tensor p = randn({1000}, 7, GetParam()), g = randn({1000}, 8, GetParam()), b = randn({1000}, 9, GetParam());
-  Tensor pg = p.to(kCuda), gg = g.to(kCuda), bg = b.to(kCuda);
-  const kernels::SgdParams h{0.1, 0.9, 0.1, 1e-2, false, false};
-  dispatch_dtype(GetParam(), [&](auto tag) {
-    using T = decltype(tag);
-    kernels::sgd_step_cpu<T>(p.data<T>(), g.data<T>(), b.data<T>(), h, p.numel());
-    kernels::sgd_step_cuda<T>(pg.data<T>(), gg.data<T>(), bg.data<T>(), h, p.numel());
-  });
-  EXPECT_ALL_CLOSE(pg.to(Device::cpu()), p, rtol_for(GetParam()), 1e-7);
-  EXPECT_ALL_CLOSE(bg.to(Device::cpu()), b, rtol_for(GetParam()), 1e-7);
+  const DType t = GetParam();
+  const double r = rtol_for(t);
+  const Tensor a = leaf(randn({257, 3}, 4, t)), b = leaf(randn({257, 3}, 5, t));
+  expect_op_matches_cpu([](const TensorList& in) { return add(in[0], in[1]); }, {a, b}, r);
+  expect_op_matches_cpu([](const TensorList& in) { return sub(in[0], in[1]); }, {a, b}, r);
+  expect_op_matches_cpu([](const TensorList& in) { return mul(in[0], in[1]); }, {a, b}, r);
+  expect_op_matches_cpu([](const TensorList& in) { return mul(in[0], in[0]); }, {a}, r);
+  expect_op_matches_cpu([](const TensorList& in) { return mul(in[0], 0.37); }, {a}, r);
+  expect_op_matches_cpu([](const TensorList& in) { return add(in[0], -1.5); }, {a}, r);
+  expect_op_matches_cpu([](const TensorList& in) { return in[0] * 2.0 - in[1] * in[0] + in[1]; }, {a, b}, r);
+  // One side frozen: only the other receives a gradient.
+  expect_op_matches_cpu([](const TensorList& in) { return mul(in[0], in[1]); }, {a, b.detach()}, r);
 }
 
-TEST(Cuda, OpsWithoutCudaKernelsSaySo) {
+TEST_P(CudaTyped, ReshapeAndFlattenMatchCpu) {
   SKIP_WITHOUT_CUDA();
-  Tensor x = randn({1, 3, 8, 8}, 10, DType::F32).to(kCuda);
-  Tensor w = randn({2, 3, 3, 3}, 11, DType::F32).to(kCuda);
-  try {
-    conv2d(x, w);
-    FAIL() << "conv2d on CUDA must say it needs the CPU";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("no CUDA implementation"), std::string::npos) << e.what();
+  const Tensor x = leaf(randn({2, 3, 4, 5}, 8, GetParam()));
+  expect_op_matches_cpu([](const TensorList& in) { return reshape(in[0], {4, -1}); }, {x}, 0);
+  expect_op_matches_cpu([](const TensorList& in) { return flatten(in[0], 1); }, {x}, 0);
+  expect_op_matches_cpu([](const TensorList& in) { return flatten(in[0], 1, 2); }, {x}, 0);
+  expect_op_matches_cpu([](const TensorList& in) { return in[0].view({5, 24}); }, {x}, 0);
+}
+
+TEST_P(CudaTyped, CatMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  auto cat_on = [](int64_t dim) { return [dim](const TensorList& in) { return cat(in, dim); }; };
+  expect_op_matches_cpu(cat_on(1), {leaf(randn({2, 3, 4}, 10, t)), leaf(randn({2, 1, 4}, 11, t)),
+                                    leaf(randn({2, 5, 4}, 12, t))}, 0);
+  expect_op_matches_cpu(cat_on(0), {leaf(randn({2, 3}, 13, t)), leaf(randn({4, 3}, 14, t))}, 0);
+  expect_op_matches_cpu(cat_on(-1), {leaf(randn({2, 3, 2}, 15, t)), leaf(randn({2, 3, 5}, 16, t))}, 0);
+  expect_op_matches_cpu(cat_on(1), {leaf(randn({2, 2, 3}, 17, t)), randn({2, 3, 3}, 18, t),
+                                    leaf(randn({2, 4, 3}, 19, t))}, 0);
+  // SqueezeNet's Fire output: expand1x1 and expand3x3 side by side.
+  expect_op_matches_cpu(cat_on(1), {leaf(randn({2, 64, 13, 15}, 20, t)), leaf(randn({2, 64, 13, 15}, 21, t))}, 0);
+}
+
+// ---- reductions ---------------------------------------------------------------------------
+
+TEST_P(CudaTyped, SumAndMeanMatchCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  const double r = rtol_for(t);
+  const Tensor x = leaf(randn({3, 17, 5}, 40, t));
+  expect_op_matches_cpu([](const TensorList& in) { return sum(in[0]); }, {x}, r);
+  expect_op_matches_cpu([](const TensorList& in) { return mean(in[0]); }, {x}, r);
+  for (int64_t d : {0, 1, 2, -1})
+    for (bool keep : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "dim " << d << " keepdim " << keep);
+      expect_op_matches_cpu([d, keep](const TensorList& in) { return sum(in[0], d, keep); }, {x}, r);
+      expect_op_matches_cpu([d, keep](const TensorList& in) { return mean(in[0], d, keep); }, {x}, r);
+    }
+  // Long enough for many blocks, and an odd length.
+  expect_op_matches_cpu([](const TensorList& in) { return sum(in[0]); }, {leaf(randn({(1 << 20) + 3}, 41, t))}, r);
+  expect_op_matches_cpu([](const TensorList& in) { return sum(in[0], 1); }, {leaf(randn({3, 70001}, 42, t))}, r);
+}
+
+TEST_P(CudaTyped, AbsMaxMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const Tensor x = leaf(randn({2, 3, 13, 11}, 45, GetParam()));
+  for (int64_t d : {0, 1, -1})
+    for (bool keep : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "dim " << d << " keepdim " << keep);
+      expect_op_matches_cpu([d, keep](const TensorList& in) { return abs_max(in[0], d, keep); }, {x}, 0);
+    }
+}
+
+// ---- softmax, log_softmax, cross_entropy -------------------------------------------------
+
+TEST_P(CudaTyped, SoftmaxAndLogSoftmaxMatchCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  const double r = rtol_for(t);
+  struct Case {
+    Shape shape;
+    int64_t dim;
+  };
+  // Short and long rows (1000: ImageNet's classes; 5000: longer than a warp's share),
+  // and inner > 1 where the softmax axis is not the last one.
+  const Case cases[] = {{{3, 6}, 1},    {{2, 3, 5}, -1}, {{3, 2, 4}, 0},
+                        {{2, 4, 3}, 1}, {{7, 1000}, 1},  {{2, 5000}, -1}};
+  uint64_t seed = 50;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << shape_str(c.shape) << " dim " << c.dim);
+    const Tensor x = leaf(mul(randn(c.shape, seed++, t), 3.0).detach());
+    const int64_t d = c.dim;
+    expect_op_matches_cpu([d](const TensorList& in) { return softmax(in[0], d); }, {x}, r);
+    expect_op_matches_cpu([d](const TensorList& in) { return log_softmax(in[0], d); }, {x}, r);
   }
 }
 
-TEST(Cuda, DeviceIsNamed) {
+TEST_P(CudaTyped, CrossEntropyMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  const double r = rtol_for(t);
+  expect_op_matches_cpu([](const TensorList& in) { return cross_entropy(in[0], {4}); },
+                        {leaf(randn({1, 7}, 60, t))}, r);
+  expect_op_matches_cpu([](const TensorList& in) { return cross_entropy(in[0], {0, 6, 3, 3, 1}); },
+                        {leaf(mul(randn({5, 7}, 61, t), 3.0).detach())}, r);
+  std::vector<int64_t> targets;
+  for (int64_t i = 0; i < 33; ++i) targets.push_back((i * 389) % 1000);
+  // An upstream gradient other than 1 reaches the backward through the scale.
+  expect_op_matches_cpu([&targets](const TensorList& in) { return mul(cross_entropy(in[0], targets), 3.0); },
+                        {leaf(mul(randn({33, 1000}, 62, t), 4.0).detach())}, r);
+}
+
+// ---- layers ------------------------------------------------------------------------------
+
+TEST_P(CudaTyped, Conv2dMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  uint64_t seed = 100;
+  for (const ConvCase& c : kConvCases)
+    for (bool bias : {true, false}) {
+      SCOPED_TRACE(describe(c) + (bias ? " with bias" : " without bias"));
+      const Tensor x = leaf(randn({c.N, c.C, c.H, c.W}, seed++, t));
+      const Tensor w = leaf(randn({c.Co, c.C, c.kh, c.kw}, seed++, t));
+      const Tensor b = bias ? leaf(randn({c.Co}, seed++, t)) : Tensor();
+      const Size2 stride(c.sh, c.sw), pad(c.ph, c.pw);
+      expect_op_matches_cpu([stride, pad](const TensorList& in) { return conv2d(in[0], in[1], in[2], stride, pad); },
+                            {x, w, b}, rtol_for(t));
+    }
+}
+
+TEST_P(CudaTyped, Conv2dOnlyRequestedGradientsMatchCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  const Tensor x = randn({2, 3, 6, 5}, 130, t), w = randn({4, 3, 3, 2}, 131, t), b = randn({4}, 132, t);
+  auto f = [](const TensorList& in) { return conv2d(in[0], in[1], in[2], 2, 1); };
+  expect_op_matches_cpu(f, {leaf(x.clone()), w, b}, rtol_for(t));  // frozen weights (saliency)
+  expect_op_matches_cpu(f, {x, leaf(w.clone()), b}, rtol_for(t));
+  expect_op_matches_cpu(f, {x, w, leaf(b.clone())}, rtol_for(t));
+}
+
+TEST_P(CudaTyped, Conv2dAlexNetConv1MatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  const ConvCase c = kAlexNetConvs[0];
+  const Tensor x = leaf(randn({c.N, c.C, c.H, c.W}, 140, t));
+  const Tensor w = leaf(mul(randn({c.Co, c.C, c.kh, c.kw}, 141, t), 0.05).detach());
+  const Tensor b = leaf(randn({c.Co}, 142, t));
+  expect_op_matches_cpu([](const TensorList& in) { return conv2d(in[0], in[1], in[2], 4, 2); }, {x, w, b},
+                        rtol_for(t));
+}
+
+TEST_P(CudaTyped, LinearMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  const double r = rtol_for(t);
+  auto with_bias = [](const TensorList& in) { return linear(in[0], in[1], in[2]); };
+  auto without_bias = [](const TensorList& in) { return linear(in[0], in[1]); };
+  struct Case {
+    Shape x;
+    int64_t out;
+  };
+  // 2-D and batched 3-D inputs, batch 1, and an odd, wider layer.
+  const Case cases[] = {{{4, 5}, 3}, {{2, 3, 5}, 4}, {{1, 7}, 2}, {{7, 1031}, 513}, {{1, 1031}, 513}};
+  uint64_t seed = 150;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "x " << shape_str(c.x) << " out " << c.out);
+    const Tensor x = leaf(randn(c.x, seed++, t)), w = leaf(randn({c.out, c.x.back()}, seed++, t));
+    const Tensor b = leaf(randn({c.out}, seed++, t));
+    expect_op_matches_cpu(with_bias, {x, w, b}, r);
+    expect_op_matches_cpu(without_bias, {x, w}, r);
+    expect_op_matches_cpu(with_bias, {x.detach(), w, b}, r);  // input frozen
+    expect_op_matches_cpu(with_bias, {x, w.detach(), b.detach()}, r);  // weights frozen
+  }
+}
+
+// ---- pooling cases shared by the op tests and the gradient checks ----------------------
+
+namespace {
+struct PoolCase {
+  Shape x;
+  Size2 k, s, p;
+  bool ceil;
+};
+std::string describe(const PoolCase& c) {
+  return "x " + shape_str(c.x) + " kernel " + std::to_string(c.k.h) + "x" + std::to_string(c.k.w) + " stride " +
+         std::to_string(c.s.h) + "x" + std::to_string(c.s.w) + " pad " + std::to_string(c.p.h) + "x" +
+         std::to_string(c.p.w) + (c.ceil ? " ceil" : "");
+}
+// Overlapping and not, stride 0 (= kernel), padding, rectangular windows, ceil_mode with
+// a last window hanging over the edge.
+const PoolCase kPoolCases[] = {{{2, 3, 9, 11}, 3, 2, 0, false},
+                               {{1, 2, 13, 13}, 3, 2, 0, false},
+                               {{1, 2, 5, 6}, 2, 1, 0, false},
+                               {{2, 2, 6, 7}, 2, 0, 0, false},
+                               {{2, 2, 7, 8}, 3, 2, 1, false},
+                               {{2, 2, 7, 9}, Size2(3, 2), Size2(2, 1), Size2(1, 0), false},
+                               {{2, 2, 8, 8}, 3, 2, 0, true},
+                               {{1, 2, 13, 14}, 3, 2, 0, true},
+                               {{2, 2, 5, 6}, 2, 2, 1, true},
+                               {{1, 2, 6, 9}, 3, 2, 1, true}};
+
+struct AdaptiveCase {
+  Shape x;
+  Size2 out;
+};
+std::string describe(const AdaptiveCase& c) {
+  return "x " + shape_str(c.x) + " to " + std::to_string(c.out.h) + "x" + std::to_string(c.out.w);
+}
+// Smaller and non-divisible (AlexNet's 13 -> 6), larger (5 -> 7), equal, divisible,
+// mixed, and global (SqueezeNet's head).
+const AdaptiveCase kAdaptiveCases[] = {{{2, 3, 13, 13}, 6}, {{1, 2, 5, 5}, 7},           {{2, 3, 7, 9}, Size2(3, 4)},
+                                       {{2, 2, 6, 6}, 6},   {{2, 2, 6, 8}, Size2(3, 4)}, {{1, 3, 4, 9}, Size2(7, 2)},
+                                       {{2, 3, 5, 4}, 1}};
+}  // namespace
+
+TEST_P(CudaTyped, MaxPool2dMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  std::vector<PoolCase> cases(std::begin(kPoolCases), std::end(kPoolCases));
+  cases.push_back({{2, 64, 55, 55}, 3, 2, 0, false});   // AlexNet's first pool
+  cases.push_back({{2, 64, 111, 111}, 3, 2, 0, true});  // SqueezeNet's first pool
+  uint64_t seed = 200;
+  for (const PoolCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    const Tensor x = leaf(randn(c.x, seed++, t));
+    // The forward selects elements (exact); the backward sums where windows overlap.
+    const PoolCase cc = c;
+    expect_op_matches_cpu([cc](const TensorList& in) { return max_pool2d(in[0], cc.k, cc.s, cc.p, cc.ceil); }, {x},
+                          rtol_for(t));
+  }
+}
+
+TEST_P(CudaTyped, AdaptiveAvgPool2dMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  std::vector<AdaptiveCase> cases(std::begin(kAdaptiveCases), std::end(kAdaptiveCases));
+  cases.push_back({{2, 1000, 13, 13}, 1});
+  cases.push_back({{2, 256, 13, 13}, 6});
+  uint64_t seed = 250;
+  for (const AdaptiveCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    const Size2 out = c.out;
+    expect_op_matches_cpu([out](const TensorList& in) { return adaptive_avg_pool2d(in[0], out); },
+                          {leaf(randn(c.x, seed++, t))}, rtol_for(t));
+  }
+}
+
+// ---- the optimiser ------------------------------------------------------------------------
+
+TEST_P(CudaTyped, SgdStepKernelMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  const kernels::SgdParams cases[] = {{0.1, 0.9, 0.1, 1e-2, false, false},
+                                      {0.1, 0.9, 0.1, 1e-2, false, true},
+                                      {0.05, 0.9, 0.0, 5e-4, true, false},
+                                      {0.05, 0.9, 0.0, 5e-4, true, true},
+                                      {0.1, 0.0, 0.0, 1e-3, false, false}};
+  uint64_t seed = 300;
+  for (const kernels::SgdParams& h : cases) {
+    SCOPED_TRACE(::testing::Message() << "momentum " << h.momentum << " dampening " << h.dampening << " wd "
+                                      << h.weight_decay << " nesterov " << h.nesterov << " first " << h.first_step);
+    Tensor p = randn({1001}, seed++, t), g = randn({1001}, seed++, t), b = randn({1001}, seed++, t);
+    Tensor pg = p.to(kCuda), gg = g.to(kCuda), bg = b.to(kCuda);
+    const bool with_buf = h.momentum != 0;
+    dispatch_dtype(t, [&](auto tag) {
+      using T = decltype(tag);
+      kernels::sgd_step_cpu<T>(p.data<T>(), g.data<T>(), with_buf ? b.data<T>() : nullptr, h, p.numel());
+      kernels::sgd_step_cuda<T>(pg.data<T>(), gg.data<T>(), with_buf ? bg.data<T>() : nullptr, h, p.numel());
+    });
+    EXPECT_MATCHES_CPU(pg, p, rtol_for(t));
+    EXPECT_MATCHES_CPU(bg, b, rtol_for(t));
+  }
+}
+
+// optim::SGD over parameters on the GPU against the same parameters on the CPU: three
+// steps with fresh gradients, momentum, dampening, Nesterov and weight decay.
+TEST_P(CudaTyped, SgdOptimizerMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  const optim::SgdOptions cases[] = {optim::SgdOptions(0.1, 0.9, 0.1, 1e-2, false),
+                                     optim::SgdOptions(0.05, 0.9, 0.0, 5e-4, true),
+                                     optim::SgdOptions(0.1, 0.0, 0.0, 1e-3, false)};
+  uint64_t seed = 320;
+  for (const optim::SgdOptions& o : cases) {
+    SCOPED_TRACE(::testing::Message() << "momentum " << o.momentum << " dampening " << o.dampening << " wd "
+                                      << o.weight_decay << " nesterov " << o.nesterov);
+    const Tensor w0 = randn({17, 9}, seed++, t), b0 = randn({17}, seed++, t);
+    Tensor wc = leaf(w0.clone()), bc = leaf(b0.clone());
+    Tensor wg = leaf(w0.to(kCuda)), bg = leaf(b0.to(kCuda));
+    optim::SGD on_cpu({wc, bc}, o), on_gpu({wg, bg}, o);
+    for (int step = 0; step < 3; ++step) {
+      const Tensor gw = randn(w0.shape(), seed++, t), gb = randn(b0.shape(), seed++, t);
+      wc.set_grad(gw);
+      bc.set_grad(gb);
+      wg.set_grad(gw.to(kCuda));
+      bg.set_grad(gb.to(kCuda));
+      on_cpu.step();
+      on_gpu.step();
+    }
+    EXPECT_MATCHES_CPU(wg, wc, rtol_for(t));
+    EXPECT_MATCHES_CPU(bg, bc, rtol_for(t));
+    const TensorList sc = on_cpu.state(), sg = on_gpu.state();
+    ASSERT_EQ(sc.size(), sg.size());
+    for (size_t i = 0; i < sc.size(); ++i) {
+      ASSERT_EQ(sc[i].defined(), sg[i].defined()) << "buffer " << i;
+      if (sc[i].defined()) {
+        EXPECT_MATCHES_CPU(sg[i], sc[i], rtol_for(t)) << "buffer " << i;
+      }
+    }
+  }
+}
+
+// ---- kernels --------------------------------------------------------------------------------
+
+class CudaKernels : public ::testing::TestWithParam<DType> {};
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaKernels, ::testing::Values(DType::F32, DType::F64),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+namespace {
+
+template <typename T>
+using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, int64_t, T, T*,
+                        int64_t);
+
+struct GemmCase {
+  bool ta, tb;
+  int64_t M, N, K;
+  double alpha, beta;
+};
+
+// One GEMM on the GPU against gemm_cpu on the host, on the same operands stored with
+// leading dimensions 3 larger than their rows (so the padding of C must survive). With
+// nan_c the M x N block of the device's C starts as NaN: with beta 0, C is write-only.
+template <typename T>
+::testing::AssertionResult gemm_matches_cpu(GemmFn<T> gpu, const GemmCase& c, bool nan_c, uint64_t seed) {
+  const DType dt = dtype_of<T>::value;
+  const int64_t pad = 3;
+  const int64_t a_rows = c.ta ? c.K : c.M, a_cols = c.ta ? c.M : c.K;
+  const int64_t b_rows = c.tb ? c.N : c.K, b_cols = c.tb ? c.K : c.N;
+  const int64_t lda = a_cols + pad, ldb = b_cols + pad, ldc = c.N + pad;
+  const Tensor A = randn({a_rows * lda}, seed, dt), B = randn({b_rows * ldb}, seed + 1, dt);
+  Tensor C = randn({c.M * ldc}, seed + 2, dt);
+  Tensor C_start = C.clone();
+  if (nan_c) {
+    T* p = C_start.data<T>();
+    for (int64_t i = 0; i < c.M; ++i)
+      for (int64_t j = 0; j < c.N; ++j) p[i * ldc + j] = std::numeric_limits<T>::quiet_NaN();
+  }
+  const Tensor Ad = A.to(kCuda), Bd = B.to(kCuda);
+  Tensor Cd = C_start.to(kCuda);
+  kernels::gemm_cpu<T>(c.ta, c.tb, c.M, c.N, c.K, T(c.alpha), A.data<T>(), lda, B.data<T>(), ldb, T(c.beta),
+                       C.data<T>(), ldc);
+  gpu(c.ta, c.tb, c.M, c.N, c.K, T(c.alpha), Ad.data<T>(), lda, Bd.data<T>(), ldb, T(c.beta), Cd.data<T>(), ldc);
+  return matches_cpu(Cd, C, rtol_for(dt));
+}
+
+// Every transpose combination on odd shapes (1x1x1, single rows and columns, sizes
+// that are not multiples of any tile) with several alpha/beta pairs.
+template <typename T> void expect_gemm_matches_cpu(GemmFn<T> gpu) {
+  const int64_t shapes[][3] = {{1, 1, 1}, {37, 53, 29}, {130, 257, 67}, {1, 300, 17}, {129, 1, 65}, {64, 64, 64}};
+  const double scales[][2] = {{1.0, 0.0}, {0.7, -0.3}, {-1.25, 1.0}};
+  uint64_t seed = 400;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (const auto& mnk : shapes)
+        for (const auto& ab : scales) {
+          const GemmCase c{ta, tb, mnk[0], mnk[1], mnk[2], ab[0], ab[1]};
+          EXPECT_TRUE(gemm_matches_cpu<T>(gpu, c, false, seed += 3))
+              << "trans_a " << ta << " trans_b " << tb << " M " << c.M << " N " << c.N << " K " << c.K << " alpha "
+              << c.alpha << " beta " << c.beta;
+        }
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      const GemmCase c{ta, tb, 37, 53, 29, 1.5, 0.0};
+      EXPECT_TRUE(gemm_matches_cpu<T>(gpu, c, true, seed += 3)) << "NaN in C, beta 0: trans_a " << ta << " trans_b "
+                                                                 << tb;
+    }
+}
+
+}  // namespace
+
+TEST_P(CudaKernels, GemmCublasMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  EXPECT_FALSE(kernels::cuda_allow_tf32()) << "TF32 must be opt-in";
+  dispatch_dtype(GetParam(), [](auto tag) {
+    using T = decltype(tag);
+    expect_gemm_matches_cpu<T>(&kernels::gemm_cuda<T>);
+  });
+}
+
+TEST_P(CudaKernels, GemmTiledMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  dispatch_dtype(GetParam(), [](auto tag) {
+    using T = decltype(tag);
+    expect_gemm_matches_cpu<T>(&kernels::gemm_tiled_cuda<T>);
+  });
+}
+
+// im2col only copies: exact, including the zeros of the padding; the columns between
+// Ho*Wo and ld are left alone.
+TEST_P(CudaKernels, Im2colMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  uint64_t seed = 500;
+  for (const ConvCase& c : kConvCases) {
+    SCOPED_TRACE(describe(c));
+    const kernels::Conv2dShape s = shape_of(c);
+    const int64_t K = s.C * s.kh * s.kw, ld = s.Ho * s.Wo + 5;
+    const Tensor x = randn({s.C, s.H, s.W}, seed++, t);
+    Tensor col = randn({K * ld}, seed++, t);
+    Tensor col_d = col.to(kCuda);
+    const Tensor x_d = x.to(kCuda);
+    dispatch_dtype(t, [&](auto tag) {
+      using T = decltype(tag);
+      kernels::im2col_cpu<T>(x.data<T>(), col.data<T>(), s, ld);
+      kernels::im2col_cuda<T>(x_d.data<T>(), col_d.data<T>(), s, ld);
+    });
+    EXPECT_MATCHES_CPU(col_d, col, 0);
+  }
+}
+
+// col2im adds into x; overlapping windows sum in an order of the kernel's choosing.
+TEST_P(CudaKernels, Col2imMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  uint64_t seed = 550;
+  for (const ConvCase& c : kConvCases) {
+    SCOPED_TRACE(describe(c));
+    const kernels::Conv2dShape s = shape_of(c);
+    const int64_t K = s.C * s.kh * s.kw, ld = s.Ho * s.Wo + 5;
+    const Tensor col = randn({K * ld}, seed++, t);
+    Tensor x = randn({s.C, s.H, s.W}, seed++, t);
+    Tensor x_d = x.to(kCuda);
+    const Tensor col_d = col.to(kCuda);
+    dispatch_dtype(t, [&](auto tag) {
+      using T = decltype(tag);
+      kernels::col2im_cpu<T>(col.data<T>(), x.data<T>(), s, ld);
+      kernels::col2im_cuda<T>(col_d.data<T>(), x_d.data<T>(), s, ld);
+    });
+    EXPECT_MATCHES_CPU(x_d, x, rtol_for(t));
+  }
+}
+
+// The handwritten im2col + GEMM convolution and cuDNN's agree with each other and with
+// the CPU, with and without bias, on the odd cases and on AlexNet's five layers.
+TEST_P(CudaKernels, Conv2dIm2colMatchesCudnn) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  std::vector<ConvCase> cases(std::begin(kConvCases), std::end(kConvCases));
+  cases.insert(cases.end(), std::begin(kAlexNetConvs), std::end(kAlexNetConvs));
+  uint64_t seed = 600;
+  for (const ConvCase& c : cases)
+    for (bool bias : {true, false}) {
+      SCOPED_TRACE(describe(c) + (bias ? " with bias" : " without bias"));
+      const kernels::Conv2dShape s = shape_of(c);
+      const Tensor x = randn({s.N, s.C, s.H, s.W}, seed++, t), w = randn({s.Co, s.C, s.kh, s.kw}, seed++, t);
+      const Tensor b = randn({s.Co}, seed++, t);
+      const Tensor x_d = x.to(kCuda), w_d = w.to(kCuda), b_d = b.to(kCuda);
+      Tensor y = Tensor::empty({s.N, s.Co, s.Ho, s.Wo}, t);
+      Tensor y_cudnn = Tensor::full(y.shape(), 7.0, t, kCuda), y_im2col = Tensor::full(y.shape(), 7.0, t, kCuda);
+      dispatch_dtype(t, [&](auto tag) {
+        using T = decltype(tag);
+        kernels::conv2d_forward_cpu<T>(x.data<T>(), w.data<T>(), bias ? b.data<T>() : nullptr, y.data<T>(), s);
+        kernels::conv2d_forward_cudnn<T>(x_d.data<T>(), w_d.data<T>(), bias ? b_d.data<T>() : nullptr,
+                                         y_cudnn.data<T>(), s);
+        kernels::conv2d_forward_im2col_cuda<T>(x_d.data<T>(), w_d.data<T>(), bias ? b_d.data<T>() : nullptr,
+                                               y_im2col.data<T>(), s);
+      });
+      EXPECT_MATCHES_CPU(y_cudnn, y, rtol_for(t)) << "cuDNN";
+      EXPECT_MATCHES_CPU(y_im2col, y, rtol_for(t)) << "im2col";
+      EXPECT_MATCHES_CPU(y_im2col, y_cudnn.to(kCpu), rtol_for(t)) << "im2col against cuDNN";
+    }
+}
+
+// With set_cudnn_deterministic(true), the backward (whose fastest algorithms use atomics)
+// gives bit-identical gradients when repeated, and they still match the CPU.
+TEST_P(CudaKernels, CudnnDeterministicBackwardIsBitIdentical) {
+  SKIP_WITHOUT_CUDA();
+  struct Restore {
+    bool was = kernels::cudnn_deterministic();
+    ~Restore() { kernels::set_cudnn_deterministic(was); }
+  } restore;
+  kernels::set_cudnn_deterministic(true);
+  EXPECT_TRUE(kernels::cudnn_deterministic());
+  const DType t = GetParam();
+  const ConvCase cases[] = {{4, 64, 27, 27, 192, 5, 5, 1, 1, 2, 2}, {2, 3, 35, 33, 8, 11, 11, 4, 4, 2, 2},
+                            {3, 5, 9, 11, 7, 3, 3, 2, 1, 1, 1}};
+  uint64_t seed = 700;
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    const kernels::Conv2dShape s = shape_of(c);
+    const Tensor x = randn({s.N, s.C, s.H, s.W}, seed++, t), w = randn({s.Co, s.C, s.kh, s.kw}, seed++, t);
+    const Tensor gy = randn({s.N, s.Co, s.Ho, s.Wo}, seed++, t);
+    const Tensor x_d = x.to(kCuda), w_d = w.to(kCuda), gy_d = gy.to(kCuda);
+    TensorList runs[2];
+    for (int r = 0; r < 2; ++r) {
+      // Different garbage in the outputs each time: nothing may depend on it.
+      Tensor gx = Tensor::full(x.shape(), 3.0 + r, t, kCuda), gw = Tensor::full(w.shape(), -5.0 - r, t, kCuda);
+      Tensor gb = Tensor::full({s.Co}, 11.0 + r, t, kCuda);
+      dispatch_dtype(t, [&](auto tag) {
+        using T = decltype(tag);
+        kernels::conv2d_backward_cudnn<T>(x_d.data<T>(), w_d.data<T>(), gy_d.data<T>(), gx.data<T>(), gw.data<T>(),
+                                          gb.data<T>(), s);
+      });
+      runs[r] = {gx, gw, gb};
+    }
+    for (int k = 0; k < 3; ++k) EXPECT_TRUE(bit_identical(runs[0][k], runs[1][k])) << "gradient " << k;
+    Tensor gx = Tensor::empty(x.shape(), t), gw = Tensor::empty(w.shape(), t), gb = Tensor::empty({s.Co}, t);
+    dispatch_dtype(t, [&](auto tag) {
+      using T = decltype(tag);
+      kernels::conv2d_backward_cpu<T>(x.data<T>(), w.data<T>(), gy.data<T>(), gx.data<T>(), gw.data<T>(),
+                                      gb.data<T>(), s);
+    });
+    EXPECT_MATCHES_CPU(runs[0][0], gx, rtol_for(t)) << "input gradient";
+    EXPECT_MATCHES_CPU(runs[0][1], gw, rtol_for(t)) << "weight gradient";
+    EXPECT_MATCHES_CPU(runs[0][2], gb, rtol_for(t)) << "bias gradient";
+  }
+}
+
+// Counter-based random numbers: the CUDA kernel draws the CPU's mask for the same seed
+// and offset, bit for bit, and the mask is a real one.
+TEST_P(CudaKernels, DropoutMaskMatchesCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  const int64_t n = 10007;
+  const double p = 0.3;
+  const Tensor x = randn({n}, 750, t), x_d = x.to(kCuda);
+  Tensor mask = Tensor::empty({n}, t), y = Tensor::empty({n}, t);
+  Tensor mask_d = Tensor::empty({n}, t, kCuda), y_d = Tensor::empty({n}, t, kCuda);
+  dispatch_dtype(t, [&](auto tag) {
+    using T = decltype(tag);
+    kernels::dropout_forward_cpu<T>(x.data<T>(), mask.data<T>(), y.data<T>(), T(p), 77, 12345, n);
+    kernels::dropout_forward_cuda<T>(x_d.data<T>(), mask_d.data<T>(), y_d.data<T>(), T(p), 77, 12345, n);
+  });
+  EXPECT_TRUE(bit_identical(mask_d, mask));
+  EXPECT_TRUE(bit_identical(y_d, y));
+  int64_t dropped = 0;
+  for (double m : mask.to_vector<double>()) dropped += m == 0.0;
+  EXPECT_NEAR(static_cast<double>(dropped) / static_cast<double>(n), p, 0.03);
+}
+
+// ---- gradient checks on the device (float64, central differences) ----------------------------
+
+TEST(CudaGradcheck, Conv2dEveryCaseF64) {
+  SKIP_WITHOUT_CUDA();
+  uint64_t seed = 800;
+  for (const ConvCase& c : kConvCases)
+    for (bool bias : {true, false}) {
+      if (c.H > 20) continue;  // the AlexNet-geometry case has its own, smaller check below
+      SCOPED_TRACE(describe(c) + (bias ? " with bias" : " without bias"));
+      const Tensor x = leaf(randn({c.N, c.C, c.H, c.W}, seed++));
+      const Tensor w = leaf(randn({c.Co, c.C, c.kh, c.kw}, seed++));
+      const Tensor b = bias ? leaf(randn({c.Co}, seed++)) : Tensor();
+      const Size2 stride(c.sh, c.sw), pad(c.ph, c.pw);
+      EXPECT_CUDA_GRADCHECK(
+          [stride, pad](const TensorList& in) { return conv2d(in[0], in[1], in[2], stride, pad); }, {x, w, b});
+    }
+}
+
+// AlexNet's first layer geometry (11x11, stride 4, padding 2) on a small image.
+TEST(CudaGradcheck, Conv2dK11S4P2F64) {
+  SKIP_WITHOUT_CUDA();
+  const Tensor x = leaf(randn({1, 2, 19, 17}, 830)), w = leaf(randn({3, 2, 11, 11}, 831)), b = leaf(randn({3}, 832));
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return conv2d(in[0], in[1], in[2], 4, 2); }, {x, w, b});
+}
+
+TEST(CudaGradcheck, Conv2dFrozenWeightF64) {
+  SKIP_WITHOUT_CUDA();
+  const Tensor x = leaf(randn({2, 3, 6, 5}, 835)), w = randn({4, 3, 3, 2}, 836), b = randn({4}, 837);
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return conv2d(in[0], in[1], in[2], 2, 1); }, {x, w, b});
+}
+
+TEST(CudaGradcheck, LinearF64) {
+  SKIP_WITHOUT_CUDA();
+  const Tensor x = leaf(randn({4, 5}, 840)), w = leaf(randn({3, 5}, 841)), b = leaf(randn({3}, 842));
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return linear(in[0], in[1], in[2]); }, {x, w, b});
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return linear(in[0], in[1]); }, {x, w});
+  const Tensor x3 = leaf(randn({2, 3, 5}, 843));
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return linear(in[0], in[1], in[2]); }, {x3, w, b});
+  const Tensor x1 = leaf(randn({1, 5}, 844));
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return linear(in[0], in[1], in[2]); }, {x1, w, b});
+}
+
+TEST(CudaGradcheck, ReluF64) {
+  SKIP_WITHOUT_CUDA();
+  // distinct() values are multiples of 0.01 including 0; shifted off the kink.
+  const Tensor x = leaf(add(distinct({2, 3, 5, 7}, 850), 0.005));
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return relu(in[0]); }, {x});
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return mul(relu(in[0]), in[0]); }, {x});
+}
+
+// guided_relu's backward is guided backpropagation's rule, not a derivative: checked
+// against the rule itself, on the device.
+TEST(CudaGradcheck, GuidedReluFollowsTheGuidedRuleF64) {
+  SKIP_WITHOUT_CUDA();
+  const Tensor x = add(distinct({3, 4, 5}, 855), 0.005);
+  const Tensor gy = randn({3, 4, 5}, 856);
+  Tensor xg = leaf(x.to(kCuda));
+  guided_relu(xg).backward(gy.to(kCuda));
+  const std::vector<double> xv = x.to_vector<double>(), gv = gy.to_vector<double>();
+  std::vector<double> want(xv.size());
+  for (size_t i = 0; i < xv.size(); ++i) want[i] = xv[i] > 0 && gv[i] > 0 ? gv[i] : 0.0;
+  EXPECT_MATCHES_CPU(xg.grad(), Tensor::from_vector({3, 4, 5}, want), 0);
+}
+
+TEST(CudaGradcheck, DropoutF64) {
+  SKIP_WITHOUT_CUDA();
+  const Tensor x = leaf(randn({4, 25}, 860));
+  EXPECT_CUDA_GRADCHECK(
+      [](const TensorList& in) {
+        Generator gen(77);
+        return dropout(in[0], 0.3, true, &gen);
+      },
+      {x});
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return dropout(in[0], 0.5, false); }, {x});
+}
+
+TEST(CudaGradcheck, MaxPool2dF64) {
+  SKIP_WITHOUT_CUDA();
+  uint64_t seed = 870;
+  for (const PoolCase& c : kPoolCases) {
+    SCOPED_TRACE(describe(c));
+    const PoolCase cc = c;
+    // Distinct values: no ties, so no kinks.
+    EXPECT_CUDA_GRADCHECK([cc](const TensorList& in) { return max_pool2d(in[0], cc.k, cc.s, cc.p, cc.ceil); },
+                          {leaf(distinct(c.x, seed++))});
+  }
+}
+
+TEST(CudaGradcheck, AdaptiveAvgPool2dF64) {
+  SKIP_WITHOUT_CUDA();
+  uint64_t seed = 890;
+  for (const AdaptiveCase& c : kAdaptiveCases) {
+    SCOPED_TRACE(describe(c));
+    const Size2 out = c.out;
+    EXPECT_CUDA_GRADCHECK([out](const TensorList& in) { return adaptive_avg_pool2d(in[0], out); },
+                          {leaf(randn(c.x, seed++))});
+  }
+}
+
+TEST(CudaGradcheck, ReshapeFlattenCatF64) {
+  SKIP_WITHOUT_CUDA();
+  const Tensor x = leaf(randn({2, 3, 2, 5}, 900));
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return reshape(in[0], {4, -1}); }, {x});
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return mul(flatten(in[0], 1, 2), 2.0); }, {x});
+  const Tensor a = leaf(randn({2, 3, 4}, 901)), b = randn({2, 1, 4}, 902), c = leaf(randn({2, 5, 4}, 903));
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return cat(in, 1); }, {a, b, c});
+  const Tensor d = leaf(randn({2, 3}, 904)), e = leaf(randn({4, 3}, 905));
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return cat(in, 0); }, {d, e});
+  const Tensor f = leaf(randn({2, 3, 2}, 906)), g = leaf(randn({2, 3, 5}, 907));
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return cat(in, -1); }, {f, g});
+}
+
+TEST(CudaGradcheck, ArithmeticF64) {
+  SKIP_WITHOUT_CUDA();
+  const Tensor a = leaf(randn({3, 5}, 910)), b = leaf(randn({3, 5}, 911));
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return add(in[0], in[1]); }, {a, b});
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return sub(in[0], in[1]); }, {a, b});
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return mul(in[0], in[1]); }, {a, b});
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return mul(in[0], in[0]); }, {a});
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return mul(in[0], -2.5); }, {a});
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return add(in[0], 1.5); }, {a});
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return mul(in[0], in[1]); }, {a, b.detach()});
+}
+
+TEST(CudaGradcheck, SumAndMeanF64) {
+  SKIP_WITHOUT_CUDA();
+  const Tensor x = leaf(randn({2, 3, 4}, 920));
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return sum(in[0]); }, {x});
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return mean(in[0]); }, {x});
+  for (int64_t d : {0, 1, -1})
+    for (bool keep : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "dim " << d << " keepdim " << keep);
+      EXPECT_CUDA_GRADCHECK([d, keep](const TensorList& in) { return sum(in[0], d, keep); }, {x});
+      EXPECT_CUDA_GRADCHECK([d, keep](const TensorList& in) { return mean(in[0], d, keep); }, {x});
+    }
+}
+
+TEST(CudaGradcheck, SoftmaxAndLogSoftmaxF64) {
+  SKIP_WITHOUT_CUDA();
+  const std::pair<Shape, int64_t> cases[] = {{{3, 6}, 1}, {{2, 3, 5}, -1}, {{3, 2, 4}, 0}, {{2, 4, 3}, 1}};
+  uint64_t seed = 930;
+  for (const auto& [shape, dim] : cases) {
+    SCOPED_TRACE(::testing::Message() << shape_str(shape) << " dim " << dim);
+    const Tensor x = leaf(randn(shape, seed++));
+    const int64_t d = dim;
+    EXPECT_CUDA_GRADCHECK([d](const TensorList& in) { return softmax(in[0], d); }, {x});
+    EXPECT_CUDA_GRADCHECK([d](const TensorList& in) { return log_softmax(in[0], d); }, {x});
+  }
+}
+
+TEST(CudaGradcheck, CrossEntropyF64) {
+  SKIP_WITHOUT_CUDA();
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return cross_entropy(in[0], {4}); }, {leaf(randn({1, 7}, 940))});
+  EXPECT_CUDA_GRADCHECK([](const TensorList& in) { return cross_entropy(in[0], {0, 6, 3, 3, 1}); },
+                        {leaf(mul(randn({5, 7}, 941), 3.0).detach())});
+  const Tensor x = leaf(randn({5, 4}, 942)), w = leaf(randn({7, 4}, 943)), b = leaf(randn({7}, 944));
+  EXPECT_CUDA_GRADCHECK(
+      [](const TensorList& in) { return mul(cross_entropy(linear(in[0], in[1], in[2]), {2, 0, 6, 5, 2}), 3.0); },
+      {x, w, b});
+}
+
+// conv, relu, pool, adaptive pool, linear and the loss in one graph, all on the device.
+TEST(CudaGradcheck, SmallNetworkF64) {
+  SKIP_WITHOUT_CUDA();
+  const Tensor x = leaf(randn({2, 2, 9, 8}, 950));
+  const Tensor w1 = leaf(mul(randn({3, 2, 3, 3}, 951), 0.5).detach()), b1 = leaf(randn({3}, 952));
+  const Tensor w2 = leaf(mul(randn({5, 12}, 953), 0.3).detach()), b2 = leaf(randn({5}, 954));
+  auto f = [](const TensorList& in) {
+    Tensor h = relu(conv2d(in[0], in[1], in[2], 2, 1));  // [2, 3, 5, 4]
+    h = max_pool2d(h, 2, 2, 0, /*ceil_mode=*/true);       // [2, 3, 3, 2]
+    h = adaptive_avg_pool2d(h, Size2(2, 2));              // [2, 3, 2, 2]
+    h = linear(flatten(h, 1), in[3], in[4]);              // [2, 5]
+    return cross_entropy(h, {1, 4});
+  };
+  EXPECT_CUDA_GRADCHECK(f, {x, w1, b1, w2, b2});
+}
+
+// ---- devices --------------------------------------------------------------------------------
+
+// Never skipped: without a GPU, "cuda" is a clear engine error and "auto" is the CPU;
+// with one, "cuda" and "auto" are device 0 and an index past the last is an error.
+TEST(CudaDevice, ParseGivesOnlyDevicesThatExist) {
+  EXPECT_EQ(Device::parse("cpu"), Device::cpu());
+  EXPECT_THROW(Device::parse("gpu"), Error);
+  auto error_of = [](const std::string& name) {
+    try {
+      Device::parse(name);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  if (!cuda_available()) {
+    EXPECT_EQ(kernels::cuda::device_count(), 0);
+    EXPECT_EQ(Device::parse("auto"), Device::cpu());
+    for (const std::string name : {"cuda", "cuda:0"}) {
+      const std::string e = error_of(name);
+      EXPECT_NE(e.find("'" + name + "'"), std::string::npos) << e;
+      EXPECT_NE(e.find("no CUDA device is available"), std::string::npos) << e;
+    }
+  } else {
+    const int n = kernels::cuda::device_count();
+    EXPECT_EQ(Device::parse("cuda"), Device::cuda(0));
+    EXPECT_EQ(Device::parse("auto"), Device::cuda(0));
+    EXPECT_EQ(Device::parse("cuda:" + std::to_string(n - 1)), Device::cuda(n - 1));
+    const std::string e = error_of("cuda:" + std::to_string(n));
+    EXPECT_NE(e.find("only " + std::to_string(n) + " CUDA device(s) exist"), std::string::npos) << e;
+  }
+}
+
+TEST(CudaDevice, IsNamed) {
   SKIP_WITHOUT_CUDA();
   EXPECT_FALSE(kernels::cuda::device_name(0).empty());
   std::cout << "CUDA device 0: " << kernels::cuda::device_name(0) << "\n";

@@ -1,5 +1,7 @@
 #include "tests/test_util.h"
 
+#include "kernels/common.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -195,6 +197,38 @@ std::string temp_dir() {
   fs::create_directories(p);
   temp_dirs().paths.push_back(p);
   return p.string();
+}
+
+bool break_string_heap_id(std::vector<uint8_t>& file, const std::string& value) {
+  const std::string gcol = "GCOL";
+  const auto collection = std::search(file.begin(), file.end(), gcol.begin(), gcol.end());
+  if (collection == file.end()) return false;
+  // A heap ID: 4-byte length, 8-byte collection address, 4-byte index (little-endian).
+  const uint64_t address = static_cast<uint64_t>(collection - file.begin());
+  std::vector<uint8_t> id;
+  for (int k = 0; k < 4; ++k) id.push_back(static_cast<uint8_t>(value.size() >> (8 * k)));
+  for (int k = 0; k < 8; ++k) id.push_back(static_cast<uint8_t>(address >> (8 * k)));
+  const auto hit = std::search(file.begin(), file.end(), id.begin(), id.end());
+  if (hit == file.end() || file.end() - hit < 16) return false;
+  const uint32_t index = 0xFFFFFFF0u;
+  for (int k = 0; k < 4; ++k) hit[12 + k] = static_cast<uint8_t>(index >> (8 * k));
+  return true;
+}
+
+kernels::Conv2dShape conv_shape(const ConvCase& c) {
+  kernels::Conv2dShape s{};
+  s.N = c.N; s.C = c.C; s.H = c.H; s.W = c.W; s.Co = c.Co; s.kh = c.kh; s.kw = c.kw;
+  s.sh = c.sh; s.sw = c.sw; s.ph = c.ph; s.pw = c.pw;
+  s.Ho = kernels::pooled_size(c.H, c.kh, c.sh, c.ph, 1, false);
+  s.Wo = kernels::pooled_size(c.W, c.kw, c.sw, c.pw, 1, false);
+  return s;
+}
+
+std::string describe(const ConvCase& c) {
+  return "x [" + std::to_string(c.N) + ", " + std::to_string(c.C) + ", " + std::to_string(c.H) + ", " +
+         std::to_string(c.W) + "] w [" + std::to_string(c.Co) + ", " + std::to_string(c.C) + ", " +
+         std::to_string(c.kh) + ", " + std::to_string(c.kw) + "] stride (" + std::to_string(c.sh) + ", " +
+         std::to_string(c.sw) + ") pad (" + std::to_string(c.ph) + ", " + std::to_string(c.pw) + ")";
 }
 
 }  // namespace testing_util

@@ -4,10 +4,13 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "engine/autograd.h"
+#include "kernels/conv.h"
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "engine/tensor.h"
@@ -75,7 +78,25 @@ bool torch_available();
       GTEST_SKIP() << "Debian's python3-torch is not installed";                         \
     }                                                                                     \
   } while (0)
+// A convolution's geometry, as tests list it: input [N, C, H, W], weight [Co, C, kh, kw],
+// stride (sh, sw), padding (ph, pw).
+struct ConvCase {
+  int64_t N, C, H, W, Co, kh, kw, sh, sw, ph, pw;
+};
+// The kernels' shape for it, output size included.
+kernels::Conv2dShape conv_shape(const ConvCase& c);
+// "x [N, C, H, W] w [...] stride (sh, sw) pad (ph, pw)", for SCOPED_TRACE.
+std::string describe(const ConvCase& c);
+
 // A fresh temporary directory for this test, removed when the test binary exits.
 std::string temp_dir();
+
+// Makes the bytes of an HDF5 file written by the engine crash libhdf5 1.10 when it reads
+// the variable-length string `value` (an attribute's or a class name's): the string's
+// heap ID (its length, the address of the file's first global heap collection, an object
+// index) gets the index 2^32 - 16, which that collection does not hold. H5HG_read looks
+// the index up in its table of objects without a bound check, far outside the table.
+// False when no such heap ID is found.
+bool break_string_heap_id(std::vector<uint8_t>& file, const std::string& value);
 
 }  // namespace testing_util

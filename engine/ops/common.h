@@ -21,10 +21,10 @@ inline void check_same_shape(const char* op, const Tensor& a, const Tensor& b) {
                shape_str(b.shape()), " differ");
 }
 
-// For ops whose CUDA kernels are not part of the engine yet.
-inline void require_cpu(const char* op, const Tensor& t) {
-  ENGINE_CHECK(t.device().is_cpu(), op, ": no CUDA implementation yet for ", t.str(),
-               "; run on --device cpu");
+// Runs cpu() or cuda() according to the device the op's tensors live on.
+template <typename Cpu, typename Cuda> void on_device(Device d, Cpu&& cpu, Cuda&& cuda) {
+  if (d.is_cpu()) cpu();
+  else cuda();
 }
 
 // Normalises a possibly negative dimension index.

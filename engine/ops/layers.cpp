@@ -25,7 +25,6 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 s
   }
   ENGINE_CHECK(stride.h > 0 && stride.w > 0 && padding.h >= 0 && padding.w >= 0,
                "conv2d: stride must be positive and padding non-negative");
-  detail::require_cpu("conv2d", x);
   kernels::Conv2dShape s{};
   s.N = x.size(0); s.C = x.size(1); s.H = x.size(2); s.W = x.size(3);
   s.Co = weight.size(0); s.kh = weight.size(2); s.kw = weight.size(3);
@@ -35,13 +34,15 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 s
   s.Ho = kernels::pooled_size(s.H, s.kh, s.sh, s.ph, 1, false);
   s.Wo = kernels::pooled_size(s.W, s.kw, s.sw, s.pw, 1, false);
 
-  // float32 goes through oneDNN where the build has it; float64 (gradient checks) and
-  // builds without it through im2col + GEMM.
-  const bool dnnl = x.dtype() == DType::F32 && kernels::conv2d_dnnl_available();
+  // CUDA: cuDNN. CPU: float32 through oneDNN where the build has it; float64 (gradient
+  // checks) and builds without it through im2col + GEMM.
+  const bool cuda = x.device().is_cuda();
+  const bool dnnl = !cuda && x.dtype() == DType::F32 && kernels::conv2d_dnnl_available();
   Tensor y = Tensor::empty({s.N, s.Co, s.Ho, s.Wo}, x.dtype(), x.device());
   dispatch_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* b = bias.defined() ? bias.data<T>() : nullptr;
+    if (cuda) return kernels::conv2d_forward_cudnn<T>(x.data<T>(), weight.data<T>(), b, y.data<T>(), s);
     if constexpr (std::is_same_v<T, float>) {
       if (dnnl) return kernels::conv2d_forward_dnnl(x.data<T>(), weight.data<T>(), b, y.data<T>(), s);
     }
@@ -51,7 +52,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 s
   // Save only what the needed gradients read: x for the weight gradient, w for the input's.
   const Tensor sx = weight.requires_grad() ? x.detach() : Tensor();
   const Tensor sw = x.requires_grad() ? weight.detach() : Tensor();
-  return record(y, {x, weight, bias}, "conv2d", [sx, sw, s, dnnl](const Tensor& g, const std::vector<bool>& needs) {
+  return record(y, {x, weight, bias}, "conv2d", [sx, sw, s, cuda, dnnl](const Tensor& g, const std::vector<bool>& needs) {
     Tensor gx = needs[0] ? Tensor::empty({s.N, s.C, s.H, s.W}, g.dtype(), g.device()) : Tensor();
     Tensor gw = needs[1] ? Tensor::empty({s.Co, s.C, s.kh, s.kw}, g.dtype(), g.device()) : Tensor();
     Tensor gb = needs[2] ? Tensor::empty({s.Co}, g.dtype(), g.device()) : Tensor();
@@ -62,6 +63,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 s
       T* gxp = needs[0] ? gx.data<T>() : nullptr;
       T* gwp = needs[1] ? gw.data<T>() : nullptr;
       T* gbp = needs[2] ? gb.data<T>() : nullptr;
+      if (cuda) return kernels::conv2d_backward_cudnn<T>(xp, wp, g.data<T>(), gxp, gwp, gbp, s);
       if constexpr (std::is_same_v<T, float>) {
         if (dnnl) return kernels::conv2d_backward_dnnl(xp, wp, g.data<T>(), gxp, gwp, gbp, s);
       }
@@ -83,20 +85,26 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     ENGINE_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "linear: bias ",
                  shape_str(bias.shape()), " does not match weight ", shape_str(weight.shape()));
   }
-  detail::require_cpu("linear", x);
   const int64_t in = weight.size(1), out = weight.size(0), M = x.numel() / in;
   Shape yshape = x.shape();
   yshape.back() = out;
   Tensor y = Tensor::empty(yshape, x.dtype(), x.device());
+  const bool cuda = x.device().is_cuda();
   dispatch_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     T* yp = y.data<T>();
-    if (bias.defined()) {
+    // Row-major: y[M, out] = x[M, in] * W[out, in]^T, then + b per row.
+    if (cuda) {
+      kernels::gemm_cuda<T>(false, true, M, out, in, T(1), x.data<T>(), in, weight.data<T>(), in,
+                            T(0), yp, out);
+      if (bias.defined()) kernels::add_bias_cuda<T>(yp, bias.data<T>(), M, out, 1);
+      return;
+    }
+    if (bias.defined()) {  // y = b, then the GEMM accumulates into it (beta = 1)
       const T* b = bias.data<T>();
       for (int64_t m = 0; m < M; ++m)
         for (int64_t o = 0; o < out; ++o) yp[m * out + o] = b[o];
     }
-    // Row-major: y[M, out] = x[M, in] * W[out, in]^T (+ y holding the bias).
     kernels::gemm_cpu<T>(false, true, M, out, in, T(1), x.data<T>(), in, weight.data<T>(), in,
                          bias.defined() ? T(1) : T(0), yp, out);
   });
@@ -105,23 +113,25 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const Tensor sw = x.requires_grad() ? weight.detach() : Tensor();
   const Shape xshape = x.shape();
   return record(y, {x, weight, bias}, "linear",
-                [sx, sw, xshape, M, in, out](const Tensor& g, const std::vector<bool>& needs) {
+                [sx, sw, xshape, M, in, out, cuda](const Tensor& g, const std::vector<bool>& needs) {
     TensorList grads(3);
     dispatch_dtype(g.dtype(), [&](auto tag) {
       using T = decltype(tag);
+      const auto gemm = cuda ? kernels::gemm_cuda<T> : kernels::gemm_cpu<T>;
       if (needs[0]) {  // gx[M, in] = g[M, out] * W[out, in]
         grads[0] = Tensor::empty(xshape, g.dtype(), g.device());
-        kernels::gemm_cpu<T>(false, false, M, in, out, T(1), g.data<T>(), out, sw.data<T>(), in,
-                             T(0), grads[0].data<T>(), in);
+        gemm(false, false, M, in, out, T(1), g.data<T>(), out, sw.data<T>(), in, T(0),
+             grads[0].data<T>(), in);
       }
       if (needs[1]) {  // gW[out, in] = g[M, out]^T * x[M, in]
         grads[1] = Tensor::empty({out, in}, g.dtype(), g.device());
-        kernels::gemm_cpu<T>(true, false, out, in, M, T(1), g.data<T>(), out, sx.data<T>(), in,
-                             T(0), grads[1].data<T>(), in);
+        gemm(true, false, out, in, M, T(1), g.data<T>(), out, sx.data<T>(), in, T(0),
+             grads[1].data<T>(), in);
       }
       if (needs[2]) {  // gb[out] = sum over rows of g
         grads[2] = Tensor::empty({out}, g.dtype(), g.device());
-        kernels::sum_dim_cpu<T>(g.data<T>(), grads[2].data<T>(), 1, M, out);
+        if (cuda) kernels::bias_grad_cuda<T>(g.data<T>(), grads[2].data<T>(), M, out, 1);
+        else kernels::sum_dim_cpu<T>(g.data<T>(), grads[2].data<T>(), 1, M, out);
       }
     });
     return grads;

@@ -16,7 +16,6 @@ Tensor max_pool2d(const Tensor& x, Size2 kernel, Size2 stride, Size2 padding, bo
   ENGINE_CHECK(padding.h >= 0 && padding.w >= 0 && padding.h <= kernel.h / 2 && padding.w <= kernel.w / 2,
                "max_pool2d: padding (", padding.h, ", ", padding.w,
                ") must be at most half the kernel (", kernel.h, ", ", kernel.w, ")");
-  detail::require_cpu("max_pool2d", x);
   kernels::Pool2dShape s{};
   s.N = x.size(0); s.C = x.size(1); s.H = x.size(2); s.W = x.size(3);
   s.kh = kernel.h; s.kw = kernel.w; s.sh = stride.h; s.sw = stride.w; s.ph = padding.h; s.pw = padding.w;
@@ -26,17 +25,25 @@ Tensor max_pool2d(const Tensor& x, Size2 kernel, Size2 stride, Size2 padding, bo
                "max_pool2d: kernel ", s.kh, "x", s.kw, " does not fit input ", shape_str(x.shape()),
                " with padding ", s.ph, "x", s.pw);
   Tensor y = Tensor::empty({s.N, s.C, s.Ho, s.Wo}, x.dtype(), x.device());
-  auto argmax = std::make_shared<Storage>(static_cast<std::size_t>(y.numel()) * sizeof(int64_t), x.device());
+  // The argmax is kept only for a backward pass (and always on CUDA, whose kernel writes it).
+  const bool graph = needs_graph({x});
+  auto argmax = graph || x.device().is_cuda()
+                    ? std::make_shared<Storage>(static_cast<std::size_t>(y.numel()) * sizeof(int64_t), x.device())
+                    : nullptr;
   dispatch_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    kernels::max_pool2d_forward_cpu<T>(x.data<T>(), y.data<T>(), static_cast<int64_t*>(argmax->data()), s);
+    int64_t* am = argmax ? static_cast<int64_t*>(argmax->data()) : nullptr;
+    detail::on_device(x.device(), [&] { kernels::max_pool2d_forward_cpu<T>(x.data<T>(), y.data<T>(), am, s); },
+                      [&] { kernels::max_pool2d_forward_cuda<T>(x.data<T>(), y.data<T>(), am, s); });
   });
+  if (!graph) return y;
   return record(y, {x}, "max_pool2d", [argmax, s](const Tensor& g, const std::vector<bool>&) {
     Tensor gx = Tensor::empty({s.N, s.C, s.H, s.W}, g.dtype(), g.device());
     dispatch_dtype(g.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      kernels::max_pool2d_backward_cpu<T>(g.data<T>(), static_cast<const int64_t*>(argmax->data()),
-                                          gx.data<T>(), s);
+      const int64_t* am = static_cast<const int64_t*>(argmax->data());
+      detail::on_device(g.device(), [&] { kernels::max_pool2d_backward_cpu<T>(g.data<T>(), am, gx.data<T>(), s); },
+                        [&] { kernels::max_pool2d_backward_cuda<T>(g.data<T>(), am, gx.data<T>(), s); });
     });
     return TensorList{gx};
   });
@@ -48,19 +55,22 @@ Tensor adaptive_avg_pool2d(const Tensor& x, Size2 output_size) {
                shape_str(x.shape()));
   ENGINE_CHECK(output_size.h > 0 && output_size.w > 0, "adaptive_avg_pool2d: output size must be positive");
   ENGINE_CHECK(x.size(2) > 0 && x.size(3) > 0, "adaptive_avg_pool2d: empty input ", shape_str(x.shape()));
-  detail::require_cpu("adaptive_avg_pool2d", x);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t Ho = output_size.h, Wo = output_size.w;
   Tensor y = Tensor::empty({N, C, Ho, Wo}, x.dtype(), x.device());
   dispatch_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    kernels::adaptive_avg_pool2d_forward_cpu<T>(x.data<T>(), y.data<T>(), N * C, H, W, Ho, Wo);
+    detail::on_device(x.device(),
+        [&] { kernels::adaptive_avg_pool2d_forward_cpu<T>(x.data<T>(), y.data<T>(), N * C, H, W, Ho, Wo); },
+        [&] { kernels::adaptive_avg_pool2d_forward_cuda<T>(x.data<T>(), y.data<T>(), N * C, H, W, Ho, Wo); });
   });
   return record(y, {x}, "adaptive_avg_pool2d", [N, C, H, W, Ho, Wo](const Tensor& g, const std::vector<bool>&) {
     Tensor gx = Tensor::empty({N, C, H, W}, g.dtype(), g.device());
     dispatch_dtype(g.dtype(), [&](auto tag) {
       using T = decltype(tag);
-      kernels::adaptive_avg_pool2d_backward_cpu<T>(g.data<T>(), gx.data<T>(), N * C, H, W, Ho, Wo);
+      detail::on_device(g.device(),
+          [&] { kernels::adaptive_avg_pool2d_backward_cpu<T>(g.data<T>(), gx.data<T>(), N * C, H, W, Ho, Wo); },
+          [&] { kernels::adaptive_avg_pool2d_backward_cuda<T>(g.data<T>(), gx.data<T>(), N * C, H, W, Ho, Wo); });
     });
     return TensorList{gx};
   });

@@ -27,14 +27,15 @@ Tensor cat(const TensorList& xs, int64_t dim) {
     sizes.push_back(xs[k].size(d));
     out[static_cast<size_t>(d)] += xs[k].size(d);
   }
-  detail::require_cpu("cat", first);
   const detail::Split3 sp = detail::split_at(first.shape(), d);
   Tensor y = Tensor::empty(out, first.dtype(), first.device());
   dispatch_dtype(first.dtype(), [&](auto tag) {
     using T = decltype(tag);
     std::vector<const T*> ptrs;
     for (const Tensor& t : xs) ptrs.push_back(t.data<T>());
-    kernels::cat_cpu<T>(ptrs, sizes, y.data<T>(), sp.outer, sp.inner);
+    detail::on_device(first.device(),
+        [&] { kernels::cat_cpu<T>(ptrs, sizes, y.data<T>(), sp.outer, sp.inner); },
+        [&] { kernels::cat_cuda<T>(ptrs, sizes, y.data<T>(), sp.outer, sp.inner); });
   });
   std::vector<Shape> shapes;
   for (const Tensor& t : xs) shapes.push_back(t.shape());
@@ -48,7 +49,9 @@ Tensor cat(const TensorList& xs, int64_t dim) {
           grads[k] = Tensor::empty(shapes[k], g.dtype(), g.device());
           ptrs[k] = grads[k].data<T>();
         }
-      kernels::split_cpu<T>(g.data<T>(), ptrs, sizes, sp.outer, sp.inner);
+      detail::on_device(g.device(),
+          [&] { kernels::split_cpu<T>(g.data<T>(), ptrs, sizes, sp.outer, sp.inner); },
+          [&] { kernels::split_cuda<T>(g.data<T>(), ptrs, sizes, sp.outer, sp.inner); });
     });
     return grads;
   });

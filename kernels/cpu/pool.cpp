@@ -1,41 +1,78 @@
 // CPU pooling kernels (math in kernels/pool.h), parallel over (n, c) planes.
 #include "kernels/pool.h"
 
-#include <limits>
+#include <cstdint>
+#include <vector>
 
 #include "kernels/common.h"
 
 namespace kernels {
 
+namespace {
+
+// One output row of one plane, in two passes over the window's input rows:
+//   vertical:   colmax[iw] = max over the window's rows of x[ih, iw], and the first row
+//               holding it (contiguous: vectorises);
+//   horizontal: y[ow] = max over the window's columns of colmax, strided by sw.
+// Ties go to the first element in row-major order, as the one-pass scan gives: the
+// smallest row, then the smallest column. NaN propagates, as in PyTorch.
+template <typename T>
+void max_pool_row(const T* xp, T* yrow, int64_t* arow, int64_t oh, const Pool2dShape& s, T* colmax,
+                  int32_t* colarg) {
+  const int64_t h0 = oh * s.sh - s.ph;
+  const int64_t hs = h0 < 0 ? 0 : h0, he = h0 + s.kh < s.H ? h0 + s.kh : s.H;
+  const T* first = xp + hs * s.W;
+  for (int64_t iw = 0; iw < s.W; ++iw) colmax[iw] = first[iw];
+  if (arow != nullptr)
+    for (int64_t iw = 0; iw < s.W; ++iw) colarg[iw] = static_cast<int32_t>(hs);
+  for (int64_t ih = hs + 1; ih < he; ++ih) {
+    const T* r = xp + ih * s.W;
+    if (arow != nullptr) {
+      const int32_t row = static_cast<int32_t>(ih);
+      for (int64_t iw = 0; iw < s.W; ++iw) {
+        const bool take = r[iw] > colmax[iw] || r[iw] != r[iw];
+        colmax[iw] = take ? r[iw] : colmax[iw];
+        colarg[iw] = take ? row : colarg[iw];
+      }
+    } else {
+      for (int64_t iw = 0; iw < s.W; ++iw) {
+        const bool take = r[iw] > colmax[iw] || r[iw] != r[iw];
+        colmax[iw] = take ? r[iw] : colmax[iw];
+      }
+    }
+  }
+  for (int64_t ow = 0; ow < s.Wo; ++ow) {
+    const int64_t w0 = ow * s.sw - s.pw;
+    const int64_t ws = w0 < 0 ? 0 : w0, we = w0 + s.kw < s.W ? w0 + s.kw : s.W;
+    T best = colmax[ws];
+    int64_t bw = ws;
+    for (int64_t iw = ws + 1; iw < we; ++iw) {
+      const T c = colmax[iw];
+      if (c > best || c != c || (c == best && colarg[iw] < colarg[bw])) {
+        best = c;
+        bw = iw;
+      }
+    }
+    yrow[ow] = best;
+    if (arow != nullptr) arow[ow] = static_cast<int64_t>(colarg[bw]) * s.W + bw;
+  }
+}
+
+}  // namespace
+
 template <typename T>
 void max_pool2d_forward_cpu(const T* x, T* y, int64_t* argmax, const Pool2dShape& s) {
   const int64_t planes = s.N * s.C;
-#pragma omp parallel for if (planes * s.Ho * s.Wo > (1 << 14))
-  for (int64_t pl = 0; pl < planes; ++pl) {
-    const T* xp = x + pl * s.H * s.W;
-    T* yp = y + pl * s.Ho * s.Wo;
-    int64_t* ap = argmax + pl * s.Ho * s.Wo;
-    for (int64_t oh = 0; oh < s.Ho; ++oh) {
-      const int64_t h0 = oh * s.sh - s.ph;
-      const int64_t hs = h0 < 0 ? 0 : h0, he = h0 + s.kh < s.H ? h0 + s.kh : s.H;
-      for (int64_t ow = 0; ow < s.Wo; ++ow) {
-        const int64_t w0 = ow * s.sw - s.pw;
-        const int64_t ws = w0 < 0 ? 0 : w0, we = w0 + s.kw < s.W ? w0 + s.kw : s.W;
-        T best = -std::numeric_limits<T>::infinity();
-        int64_t where = hs * s.W + ws;
-        for (int64_t ih = hs; ih < he; ++ih)
-          for (int64_t iw = ws; iw < we; ++iw) {
-            const T v = xp[ih * s.W + iw];
-            // NaN propagates, as in PyTorch.
-            if (v > best || v != v) {
-              best = v;
-              where = ih * s.W + iw;
-            }
-          }
-        yp[oh * s.Wo + ow] = best;
-        ap[oh * s.Wo + ow] = where;
-      }
-    }
+#pragma omp parallel if (planes * s.Ho * s.Wo > (1 << 14))
+  {
+    std::vector<T> colmax(static_cast<size_t>(s.W));
+    std::vector<int32_t> colarg(static_cast<size_t>(s.W));
+#pragma omp for
+    for (int64_t pl = 0; pl < planes; ++pl)
+      for (int64_t oh = 0; oh < s.Ho; ++oh)
+        max_pool_row(x + pl * s.H * s.W, y + (pl * s.Ho + oh) * s.Wo,
+                     argmax != nullptr ? argmax + (pl * s.Ho + oh) * s.Wo : nullptr, oh, s,
+                     colmax.data(), colarg.data());
   }
 }
 

@@ -1,0 +1,383 @@
+// CUDA GEMM (kernels/gemm.h): row-major C[M,N] = alpha * op(A) * op(B) + beta * C.
+// 2*M*N*K flops against (M*K + K*N + 2*M*N) elements of traffic, so compute-bound for
+// all but thin products.
+//
+// gemm_cuda calls cuBLAS, which is column-major. A row-major matrix X[r, c] with row
+// stride ld is, byte for byte, the column-major matrix X^T[c, r] with leading dimension
+// ld. So the row-major C[M,N] is the column-major C^T[N,M], and
+//   C^T = alpha * op(B)^T * op(A)^T + beta * C^T
+// is a column-major GEMM with the operands swapped: m = N, n = M, first operand the
+// storage of B (transposed iff trans_b: B stored [K,N] is already column-major op(B)^T;
+// B stored [N,K] is column-major op(B), which must be transposed), second operand the
+// storage of A likewise:
+//   cublas<t>gemm(h, trans_b ? T : N, trans_a ? T : N, N, M, K, alpha, B, ldb, A, lda,
+//                 beta, C, ldc).
+// The leading dimensions are the row strides unchanged. FP32 math (CUBLAS_DEFAULT_MATH,
+// no TF32) unless set_cuda_allow_tf32(true).
+//
+// gemm_tiled_cuda is the handwritten fallback (ENGINE_CUDA_GEMM=tiled routes gemm_cuda
+// to it): 256 threads compute a (32V x 32V) tile of C, V = 16 bytes / sizeof(T) (128x128
+// for float, 64x64 for double), each thread a 2V x 2V register block, over K in steps of
+// 8 through double-buffered shared memory; see gemm_tiled_kernel.
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "kernels/cuda/check.cuh"
+#include "kernels/gemm.h"
+
+namespace kernels {
+namespace {
+
+std::atomic<bool> g_allow_tf32{false};
+
+// ENGINE_CUDA_GEMM=tiled: gemm_cuda runs the handwritten kernel instead of cuBLAS.
+bool use_tiled_gemm() {
+  static const bool tiled = [] {
+    const char* v = std::getenv("ENGINE_CUDA_GEMM");
+    return v != nullptr && std::strcmp(v, "tiled") == 0;
+  }();
+  return tiled;
+}
+
+// cuBLAS (and the tiled kernel's index math) take int sizes and strides.
+void check_int_args(const char* fn, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
+                    int64_t ldc) {
+  const struct {
+    const char* name;
+    int64_t value;
+  } args[] = {{"M", M}, {"N", N}, {"K", K}, {"lda", lda}, {"ldb", ldb}, {"ldc", ldc}};
+  for (const auto& a : args)
+    if (a.value < 0 || a.value > INT_MAX)
+      throw std::runtime_error(std::string(fn) + ": " + a.name + " = " + std::to_string(a.value) +
+                               " is outside the int range cuBLAS takes (M=" + std::to_string(M) +
+                               ", N=" + std::to_string(N) + ", K=" + std::to_string(K) + ", lda=" +
+                               std::to_string(lda) + ", ldb=" + std::to_string(ldb) +
+                               ", ldc=" + std::to_string(ldc) + ")");
+}
+
+// C = beta * C (the K == 0 or alpha == 0 product); beta == 0 writes zeros without reading C.
+template <typename T> void scale_c(int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
+  if (beta == T(1)) return;
+  if (beta == T(0))
+    cuda::parallel_for(M * N, [=] __device__(int64_t idx) { C[(idx / N) * ldc + idx % N] = T(0); });
+  else
+    cuda::parallel_for(M * N, [=] __device__(int64_t idx) {
+      T& c = C[(idx / N) * ldc + idx % N];
+      c = beta * c;
+    });
+}
+
+// ---- the tiled kernel ---------------------------------------------------------------------
+
+constexpr int kThreads = 256;
+constexpr int kBK = 8;      // K depth of one shared-memory stage
+constexpr int kGroupM = 8;  // block swizzle: 8 tile rows share each sweep over B
+
+template <typename T> struct VecOf;
+template <> struct VecOf<float> { using type = float4; };
+template <> struct VecOf<double> { using type = double2; };
+
+template <typename T> struct TileShape {
+  static constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte vector
+  static constexpr int BM = 32 * V;  // 16 thread rows x 2 halves x V rows
+  static constexpr int BN = 32 * V;
+  static constexpr int LD = BM + V;  // padded smem row: transposed stores are conflict-free
+  static_assert(BM * kBK / V == kThreads, "one vector per thread per operand per stage");
+};
+
+// The first `avail` of p[0..V) are in range (avail may be <= 0 or >= V); the rest read as 0.
+// vec: p is 16-byte aligned whenever it is a tile-aligned address of its matrix.
+template <typename T, int V>
+__device__ __forceinline__ void load_global(const T* __restrict__ p, int avail, bool vec, T (&r)[V]) {
+  using Vec = typename VecOf<T>::type;
+  if (vec && avail >= V) {
+    const Vec v = __ldg(reinterpret_cast<const Vec*>(p));
+    if constexpr (V == 4) {
+      r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
+    } else {
+      r[0] = v.x; r[1] = v.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) r[i] = i < avail ? __ldg(p + i) : T(0);
+  }
+}
+
+template <typename T, int V> __device__ __forceinline__ void store_shared_vec(T* dst, const T (&r)[V]) {
+  using Vec = typename VecOf<T>::type;
+  if constexpr (V == 4)
+    *reinterpret_cast<Vec*>(dst) = make_float4(r[0], r[1], r[2], r[3]);
+  else
+    *reinterpret_cast<Vec*>(dst) = make_double2(r[0], r[1]);
+}
+
+// A 16-byte load from shared or global memory; src must be 16-byte aligned.
+template <typename T, int V> __device__ __forceinline__ void load_vec16(const T* src, T* r) {
+  using Vec = typename VecOf<T>::type;
+  const Vec v = *reinterpret_cast<const Vec*>(src);
+  if constexpr (V == 4) {
+    r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
+  } else {
+    r[0] = v.x; r[1] = v.y;
+  }
+}
+
+// One block computes C[bm : bm+BM, bn : bn+BN]. Shared memory holds both operands k-major
+// (As[k][m], Bs[k][n]), two stages each: while the block multiplies stage `cur`, every
+// thread has the next stage's vector of A and of B in registers, and stores them into the
+// other stage afterwards; one __syncthreads per K step separates the two.
+//   Global -> registers: one 16-byte vector per operand per thread. An operand whose rows
+//     run along K (A not transposed, B transposed) is read as BM rows x (kBK/V) vectors
+//     and stored transposed, element by element, into the padded rows (row stride
+//     BM + V words keeps those stores conflict-free); the other orientation is read as
+//     kBK rows x (BM/V) vectors and stored as vectors. Tiles at the matrix edges, and
+//     matrices whose base or leading dimension is not 16-byte aligned, go element by
+//     element with zero fill, so any M, N, K, lda, ldb, ldc work.
+//   Registers: thread (tm, tn), tm, tn in [0,16), owns rows {tm*V + i, BM/2 + tm*V + i}
+//     and columns {tn*V + j, BN/2 + tn*V + j}, i, j < V: per k it reads two vectors of A
+//     and two of B from shared memory and does (2V)^2 FMAs. A warp spans 4 values of tm
+//     and 8 of tn, so its shared-memory reads are broadcasts of contiguous vectors.
+// Assumes blockDim.x == kThreads and a 1-D grid of ceil(M/BM) * ceil(N/BN) blocks, with
+// M, N, K < 2^31; offsets into A, B, C are 64-bit.
+template <typename T, bool TA, bool TB>
+__global__ void __launch_bounds__(kThreads)
+    gemm_tiled_kernel(int M, int N, int K, T alpha, const T* __restrict__ A, int64_t lda,
+                      const T* __restrict__ B, int64_t ldb, T beta, T* __restrict__ C, int64_t ldc,
+                      bool vec_a, bool vec_b, bool vec_c) {
+  using S = TileShape<T>;
+  constexpr int V = S::V, BM = S::BM, BN = S::BN, LD = S::LD;
+  __shared__ __align__(16) T As[2][kBK][LD];
+  __shared__ __align__(16) T Bs[2][kBK][LD];
+
+  // Swizzled tile order: consecutive blocks walk down kGroupM tile rows before moving right,
+  // so the blocks resident at one time share their A and B tiles in L2.
+  const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
+  const int pid = static_cast<int>(blockIdx.x);
+  const int group_size = kGroupM * tiles_n;
+  const int first_m = (pid / group_size) * kGroupM;
+  const int group_rows = min(tiles_m - first_m, kGroupM);
+  const int bm = (first_m + (pid % group_size) % group_rows) * BM;
+  const int bn = ((pid % group_size) / group_rows) * BN;
+  const int rows_left = M - bm;  // > 0; written as differences so nothing overflows int
+  const int cols_left = N - bn;
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid >> 5, lane = tid & 31;
+  const int tm = (warp >> 1) * 4 + (lane >> 3);  // 0..15
+  const int tn = (warp & 1) * 8 + (lane & 7);    // 0..15
+
+  // This thread's global -> shared assignment (see above).
+  constexpr int kRowVecs = kBK / V;  // vectors per K-contiguous row of a stage
+  constexpr int kColVecs = BM / V;   // vectors per M- or N-contiguous row of a stage
+  // A
+  const int a_row = TA ? tid / kColVecs : tid / kRowVecs;        // TA: k in stage; else m
+  const int a_col = TA ? (tid % kColVecs) * V : (tid % kRowVecs) * V;  // TA: m; else k
+  // B
+  const int b_row = TB ? tid / kRowVecs : tid / kColVecs;        // TB: n; else k in stage
+  const int b_col = TB ? (tid % kRowVecs) * V : (tid % kColVecs) * V;  // TB: k; else n
+
+  T ra[V], rb[V];
+  auto load_tile = [&](int k0) {
+    if constexpr (TA) {  // A stored [K, M]: element (m, k) at A[k*lda + m]
+      const int k = k0 + a_row;
+      const bool ok = k < K;
+      load_global<T, V>(A + (ok ? static_cast<int64_t>(k) * lda + bm + a_col : 0),
+                        ok ? rows_left - a_col : 0, vec_a, ra);
+    } else {  // A stored [M, K]: element (m, k) at A[m*lda + k]
+      const bool ok = a_row < rows_left;
+      load_global<T, V>(A + (ok ? static_cast<int64_t>(bm + a_row) * lda + k0 + a_col : 0),
+                        ok ? K - k0 - a_col : 0, vec_a, ra);
+    }
+    if constexpr (TB) {  // B stored [N, K]: element (k, n) at B[n*ldb + k]
+      const bool ok = b_row < cols_left;
+      load_global<T, V>(B + (ok ? static_cast<int64_t>(bn + b_row) * ldb + k0 + b_col : 0),
+                        ok ? K - k0 - b_col : 0, vec_b, rb);
+    } else {  // B stored [K, N]: element (k, n) at B[k*ldb + n]
+      const int k = k0 + b_row;
+      const bool ok = k < K;
+      load_global<T, V>(B + (ok ? static_cast<int64_t>(k) * ldb + bn + b_col : 0),
+                        ok ? cols_left - b_col : 0, vec_b, rb);
+    }
+  };
+  auto store_tile = [&](int buf) {
+    if constexpr (TA) {
+      store_shared_vec<T, V>(&As[buf][a_row][a_col], ra);
+    } else {
+#pragma unroll
+      for (int i = 0; i < V; ++i) As[buf][a_col + i][a_row] = ra[i];
+    }
+    if constexpr (TB) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) Bs[buf][b_col + i][b_row] = rb[i];
+    } else {
+      store_shared_vec<T, V>(&Bs[buf][b_row][b_col], rb);
+    }
+  };
+
+  T acc[2 * V][2 * V];
+#pragma unroll
+  for (int i = 0; i < 2 * V; ++i)
+#pragma unroll
+    for (int j = 0; j < 2 * V; ++j) acc[i][j] = T(0);
+
+  const int k_tiles = (K + kBK - 1) / kBK;
+  load_tile(0);
+  store_tile(0);
+  __syncthreads();
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    const int cur = kt & 1;
+    const bool more = kt + 1 < k_tiles;
+    if (more) load_tile((kt + 1) * kBK);  // in flight while this stage is multiplied
+#pragma unroll
+    for (int kk = 0; kk < kBK; ++kk) {
+      T a[2 * V], b[2 * V];
+      load_vec16<T, V>(&As[cur][kk][tm * V], a);
+      load_vec16<T, V>(&As[cur][kk][BM / 2 + tm * V], a + V);
+      load_vec16<T, V>(&Bs[cur][kk][tn * V], b);
+      load_vec16<T, V>(&Bs[cur][kk][BN / 2 + tn * V], b + V);
+#pragma unroll
+      for (int i = 0; i < 2 * V; ++i)
+#pragma unroll
+        for (int j = 0; j < 2 * V; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+    }
+    // Stage cur^1 was last read before the previous iteration's barrier: safe to refill.
+    if (more) store_tile(cur ^ 1);
+    __syncthreads();
+  }
+
+  // Epilogue: C = alpha * acc + beta * C; beta == 0 never reads C (BLAS: NaN there is ignored).
+  using Vec = typename VecOf<T>::type;
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int r = h * (BM / 2) + tm * V + i;
+      if (r >= rows_left) continue;
+      T* crow = C + static_cast<int64_t>(bm + r) * ldc + bn;
+#pragma unroll
+      for (int g = 0; g < 2; ++g) {
+        const int c0 = g * (BN / 2) + tn * V;
+        T out[V];
+#pragma unroll
+        for (int j = 0; j < V; ++j) out[j] = alpha * acc[h * V + i][g * V + j];
+        if (vec_c && c0 + V <= cols_left) {
+          Vec* dst = reinterpret_cast<Vec*>(crow + c0);
+          if (beta != T(0)) {
+            T old[V];
+            load_vec16<T, V>(crow + c0, old);
+#pragma unroll
+            for (int j = 0; j < V; ++j) out[j] = fma(beta, old[j], out[j]);
+          }
+          if constexpr (V == 4)
+            *dst = make_float4(out[0], out[1], out[2], out[3]);
+          else
+            *dst = make_double2(out[0], out[1]);
+        } else {
+#pragma unroll
+          for (int j = 0; j < V; ++j) {
+            if (c0 + j >= cols_left) break;
+            crow[c0 + j] = beta != T(0) ? fma(beta, crow[c0 + j], out[j]) : out[j];
+          }
+        }
+      }
+    }
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+template <typename T, bool TA, bool TB>
+void launch_tiled(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
+                  int64_t ldb, T beta, T* C, int64_t ldc) {
+  using S = TileShape<T>;
+  const bool vec_a = aligned16(A) && lda % S::V == 0;
+  const bool vec_b = aligned16(B) && ldb % S::V == 0;
+  const bool vec_c = aligned16(C) && ldc % S::V == 0;
+  const int64_t tiles_n = (N + S::BN - 1) / S::BN;
+  const int64_t tiles_m = (M + S::BM - 1) / S::BM;
+  // gridDim.x < 2^31: more tiles than that (M*N beyond 2^45) go in several launches by rows.
+  const int64_t chunk_tiles_m = std::min<int64_t>(tiles_m, INT_MAX / tiles_n);
+  for (int64_t t0 = 0; t0 < tiles_m; t0 += chunk_tiles_m) {
+    const int64_t m0 = t0 * S::BM;
+    const int64_t rows = std::min<int64_t>(M - m0, chunk_tiles_m * S::BM);
+    const int64_t blocks = ((rows + S::BM - 1) / S::BM) * tiles_n;
+    const T* a = TA ? A + m0 : A + m0 * lda;  // alignment is kept: m0 is a multiple of V
+    gemm_tiled_kernel<T, TA, TB><<<static_cast<unsigned>(blocks), kThreads, 0, cuda::stream()>>>(
+        static_cast<int>(rows), static_cast<int>(N), static_cast<int>(K), alpha, a, lda, B, ldb,
+        beta, C + m0 * ldc, ldc, vec_a, vec_b, vec_c);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace
+
+void set_cuda_allow_tf32(bool allow) { g_allow_tf32.store(allow); }
+bool cuda_allow_tf32() { return g_allow_tf32.load(); }
+
+template <typename T>
+void gemm_tiled_cuda(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
+                     const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  check_int_args("gemm_tiled_cuda", M, N, K, lda, ldb, ldc);
+  if (M == 0 || N == 0) return;
+  if (K == 0 || alpha == T(0)) {  // as BLAS: A and B are not read
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  if (trans_a) {
+    if (trans_b)
+      launch_tiled<T, true, true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+      launch_tiled<T, true, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  } else {
+    if (trans_b)
+      launch_tiled<T, false, true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+      launch_tiled<T, false, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+}
+
+template <typename T>
+void gemm_cuda(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+               int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (use_tiled_gemm()) {
+    gemm_tiled_cuda<T>(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  check_int_args("gemm_cuda", M, N, K, lda, ldb, ldc);
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // cuBLAS may return early here; BLAS semantics are C = beta * C
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  const cublasHandle_t h = cuda::cublas_handle();
+  // The math mode is handle state: set it on every call (a host-side field, no sync).
+  const bool tf32 = std::is_same_v<T, float> && cuda_allow_tf32();
+  CUBLAS_CHECK(cublasSetMathMode(h, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+  // Column-major C^T[N,M] = op(B)^T[N,K] * op(A)^T[K,M] (see the top of this file).
+  const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  if constexpr (std::is_same_v<T, float>)
+    CUBLAS_CHECK(cublasSgemm(h, op_b, op_a, m, n, k, &alpha, B, static_cast<int>(ldb), A,
+                             static_cast<int>(lda), &beta, C, static_cast<int>(ldc)));
+  else
+    CUBLAS_CHECK(cublasDgemm(h, op_b, op_a, m, n, k, &alpha, B, static_cast<int>(ldb), A,
+                             static_cast<int>(lda), &beta, C, static_cast<int>(ldc)));
+}
+
+#define INSTANTIATE(T)                                                                          \
+  template void gemm_cuda<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t,       \
+                             const T*, int64_t, T, T*, int64_t);                                \
+  template void gemm_tiled_cuda<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, \
+                                   const T*, int64_t, T, T*, int64_t);
+INSTANTIATE(float)
+INSTANTIATE(double)
+#undef INSTANTIATE
+
+}  // namespace kernels

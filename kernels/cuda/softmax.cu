@@ -1,0 +1,276 @@
+// CUDA softmax, log_softmax and cross-entropy (kernels/softmax.h), along the middle axis
+// of [outer, dim, inner]; cross-entropy over logits [N, K] (one row per sample):
+//   softmax:     y = exp(x - m) / s,  m = max x, s = sum exp(x - m)
+//   log_softmax: y = (x - m) - log s
+//   backward:    gx = y * (gy - sum(gy * y))      (softmax)
+//                gx = gy - exp(y) * sum(gy)       (log_softmax)
+//   cross_entropy: loss = mean_n (log s_n + m_n - z_n[t_n]); gz = g * (prob - onehot(t)) / N
+// Memory-bound: a row is read two or three times (max, sum, write), mostly from cache.
+// The CPU formulas exactly: max-subtracted, exp and sums in double (float included).
+// inner == 1: one warp per row (rows up to 1024 long) or one block per row, with
+// warp-shuffle reductions; inner > 1: one thread per (o, i) column, strided by inner,
+// which keeps neighbouring threads on neighbouring addresses. Deterministic: no atomics,
+// the batch mean of cross-entropy is a fixed-order block reduction of per-row losses.
+#include <limits>
+
+#include "kernels/cuda/check.cuh"
+#include "kernels/cuda_runtime.h"
+#include "kernels/softmax.h"
+
+namespace kernels {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kThreads = 256;          // 1-D blocks: a multiple of 32, at most 1024
+constexpr int kMeanThreads = 1024;     // the single block that averages per-row losses
+constexpr int64_t kWarpRowMax = 1024;  // rows up to this long get one warp each
+
+// std::max's rule (the CPU's): keeps m unless v is larger.
+template <typename T> __device__ __forceinline__ T max_of(T m, T v) { return m < v ? v : m; }
+
+template <typename A> __device__ __forceinline__ A warp_sum(A v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;
+}
+template <typename A> __device__ __forceinline__ A warp_max(A v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = max_of(v, __shfl_xor_sync(kFullMask, v, offset));
+  return v;
+}
+
+// The threads that share one row, and how they combine their values. Every member gets
+// the combined value.
+struct ThreadGroup {  // a single thread
+  __device__ __forceinline__ int64_t rank() const { return 0; }
+  __device__ __forceinline__ int64_t size() const { return 1; }
+  template <typename A> __device__ __forceinline__ A sum(A v) const { return v; }
+  template <typename A> __device__ __forceinline__ A max(A v) const { return v; }
+};
+
+struct WarpGroup {  // the 32 lanes of a warp
+  int lane;
+  __device__ __forceinline__ int64_t rank() const { return lane; }
+  __device__ __forceinline__ int64_t size() const { return 32; }
+  template <typename A> __device__ __forceinline__ A sum(A v) const { return warp_sum(v); }
+  template <typename A> __device__ __forceinline__ A max(A v) const { return warp_max(v); }
+};
+
+struct BlockGroup {  // a whole 1-D block; smem holds 32 doubles (float and double fit)
+  double* smem;
+  __device__ __forceinline__ int64_t rank() const { return threadIdx.x; }
+  __device__ __forceinline__ int64_t size() const { return blockDim.x; }
+  template <typename A> __device__ __forceinline__ A sum(A v) const {
+    v = warp_sum(v);
+    v = gather(v, A(0));
+    return warp_sum(v);
+  }
+  template <typename A> __device__ __forceinline__ A max(A v) const {
+    v = warp_max(v);
+    v = gather(v, -std::numeric_limits<A>::infinity());
+    return warp_max(v);
+  }
+  // Each warp's value to smem; lane l of every warp then reads warp l's value. The
+  // leading barrier keeps a previous reduction's readers ahead of these writes.
+  template <typename A> __device__ __forceinline__ A gather(A v, A identity) const {
+    const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+    __syncthreads();
+    if (lane == 0) smem[warp] = static_cast<double>(v);
+    __syncthreads();
+    return lane < static_cast<int>(blockDim.x >> 5) ? static_cast<A>(smem[lane]) : identity;
+  }
+};
+
+struct RowStats {
+  double m;  // the row's maximum (in T, widened)
+  double s;  // sum of exp(x - m)
+};
+
+// softmax (log = false) or log_softmax of the row x[d * stride], d < dim, into y.
+template <typename T, typename G>
+__device__ RowStats softmax_row(const T* x, T* y, int64_t dim, int64_t stride, bool log,
+                                const G& g) {
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t d = g.rank(); d < dim; d += g.size()) m = max_of(m, x[d * stride]);
+  m = g.max(m);
+  double s = 0;
+  for (int64_t d = g.rank(); d < dim; d += g.size()) s += exp(static_cast<double>(x[d * stride] - m));
+  s = g.sum(s);
+  if (log) {
+    const double lse = ::log(s);
+    for (int64_t d = g.rank(); d < dim; d += g.size())
+      y[d * stride] = static_cast<T>(static_cast<double>(x[d * stride] - m) - lse);
+  } else {
+    for (int64_t d = g.rank(); d < dim; d += g.size())
+      y[d * stride] = static_cast<T>(exp(static_cast<double>(x[d * stride] - m)) / s);
+  }
+  return {static_cast<double>(m), s};
+}
+
+template <typename T, typename G>
+__device__ void softmax_backward_row(const T* gy, const T* y, T* gx, int64_t dim, int64_t stride,
+                                     bool log, const G& g) {
+  double s = 0;
+  if (log) {
+    for (int64_t d = g.rank(); d < dim; d += g.size()) s += static_cast<double>(gy[d * stride]);
+    s = g.sum(s);
+    for (int64_t d = g.rank(); d < dim; d += g.size()) {
+      const int64_t k = d * stride;
+      gx[k] = static_cast<T>(static_cast<double>(gy[k]) - exp(static_cast<double>(y[k])) * s);
+    }
+  } else {
+    for (int64_t d = g.rank(); d < dim; d += g.size())
+      s += static_cast<double>(gy[d * stride]) * static_cast<double>(y[d * stride]);
+    s = g.sum(s);
+    for (int64_t d = g.rank(); d < dim; d += g.size()) {
+      const int64_t k = d * stride;
+      gx[k] = static_cast<T>(static_cast<double>(y[k]) * (static_cast<double>(gy[k]) - s));
+    }
+  }
+}
+
+// Row functors for the row kernels: f(row, group).
+template <typename T> struct SoftmaxForwardRow {
+  const T* x;
+  T* y;
+  int64_t dim;
+  bool log;
+  template <typename G> __device__ void operator()(int64_t r, const G& g) const {
+    softmax_row(x + r * dim, y + r * dim, dim, 1, log, g);
+  }
+};
+
+template <typename T> struct SoftmaxBackwardRow {
+  const T* gy;
+  const T* y;
+  T* gx;
+  int64_t dim;
+  bool log;
+  template <typename G> __device__ void operator()(int64_t r, const G& g) const {
+    softmax_backward_row(gy + r * dim, y + r * dim, gx + r * dim, dim, 1, log, g);
+  }
+};
+
+// prob = softmax of row r; row_loss[r] = log s + m - z[t]. A target outside [0, K) (the
+// engine op rejects those on the host) is clamped rather than read out of bounds.
+template <typename T> struct CrossEntropyRow {
+  const T* z;
+  const int64_t* target;
+  T* prob;
+  double* row_loss;
+  int64_t K;
+  template <typename G> __device__ void operator()(int64_t r, const G& g) const {
+    const T* zr = z + r * K;
+    const RowStats st = softmax_row(zr, prob + r * K, K, 1, false, g);
+    if (g.rank() == 0) {
+      int64_t t = target[r];
+      t = t < 0 ? 0 : (t >= K ? K - 1 : t);
+      row_loss[r] = ::log(st.s) + st.m - static_cast<double>(zr[t]);
+    }
+  }
+};
+
+template <typename F> __global__ void rows_warp_kernel(int64_t rows, F f) {
+  const int64_t warps = blockDim.x >> 5;
+  const WarpGroup g{static_cast<int>(threadIdx.x & 31)};
+  // r is the same for all lanes of a warp, so every lane takes part in the shuffles.
+  for (int64_t r = blockIdx.x * warps + (threadIdx.x >> 5); r < rows; r += gridDim.x * warps) f(r, g);
+}
+
+template <typename F> __global__ void rows_block_kernel(int64_t rows, F f) {
+  __shared__ double smem[32];
+  const BlockGroup g{smem};
+  // r is the same for the whole block, so every thread reaches the barriers.
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) f(r, g);
+}
+
+// f(r, group) for every row r of length dim: a warp per row when rows are short, a block
+// per row otherwise.
+template <typename F> void for_each_row(int64_t rows, int64_t dim, const F& f) {
+  if (rows <= 0) return;
+  if (dim <= kWarpRowMax)
+    rows_warp_kernel<F><<<cuda::grid_for(rows * 32, kThreads), kThreads, 0, cuda::stream()>>>(rows, f);
+  else
+    rows_block_kernel<F><<<cuda::grid_for(rows, 1), kThreads, 0, cuda::stream()>>>(rows, f);
+  CUDA_CHECK_LAUNCH();
+}
+
+// One block: out[0] = sum(v) / n, summed in a fixed order.
+template <typename T> __global__ void mean_kernel(const double* v, int64_t n, T* out) {
+  __shared__ double smem[32];
+  const BlockGroup g{smem};
+  double acc = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc += v[i];
+  acc = g.sum(acc);
+  if (threadIdx.x == 0) out[0] = static_cast<T>(acc / static_cast<double>(n));
+}
+
+}  // namespace
+
+template <typename T>
+void softmax_forward_cuda(const T* x, T* y, int64_t outer, int64_t dim, int64_t inner, bool log) {
+  if (dim <= 0) return;  // nothing to write
+  if (inner == 1) {
+    for_each_row(outer, dim, SoftmaxForwardRow<T>{x, y, dim, log});
+    return;
+  }
+  cuda::parallel_for(outer * inner, [=] __device__(int64_t k) {
+    const int64_t o = k / inner, i = k - o * inner;
+    const int64_t base = o * dim * inner + i;
+    softmax_row(x + base, y + base, dim, inner, log, ThreadGroup{});
+  });
+}
+
+template <typename T>
+void softmax_backward_cuda(const T* gy, const T* y, T* gx, int64_t outer, int64_t dim,
+                           int64_t inner, bool log) {
+  if (dim <= 0) return;
+  if (inner == 1) {
+    for_each_row(outer, dim, SoftmaxBackwardRow<T>{gy, y, gx, dim, log});
+    return;
+  }
+  cuda::parallel_for(outer * inner, [=] __device__(int64_t k) {
+    const int64_t o = k / inner, i = k - o * inner;
+    const int64_t base = o * dim * inner + i;
+    softmax_backward_row(gy + base, y + base, gx + base, dim, inner, log, ThreadGroup{});
+  });
+}
+
+template <typename T>
+void cross_entropy_forward_cuda(const T* z, const int64_t* target, T* prob, T* loss, int64_t N,
+                                int64_t K) {
+  if (N <= 0 || K <= 0) return;  // the engine op rejects empty logits
+  double* row_loss = static_cast<double*>(cuda::malloc_device(static_cast<std::size_t>(N) * sizeof(double)));
+  try {
+    for_each_row(N, K, CrossEntropyRow<T>{z, target, prob, row_loss, K});
+    mean_kernel<T><<<1, kMeanThreads, 0, cuda::stream()>>>(row_loss, N, loss);
+    CUDA_CHECK_LAUNCH();
+  } catch (...) {
+    cuda::free_device(row_loss);
+    throw;
+  }
+  // Freed while the kernels may still run: the caching allocator hands the block out
+  // again only to work queued after them on the same stream.
+  cuda::free_device(row_loss);
+}
+
+template <typename T>
+void cross_entropy_backward_cuda(const T* prob, const int64_t* target, const T* g, T* gz,
+                                 int64_t N, int64_t K) {
+  if (N <= 0 || K <= 0) return;
+  cuda::parallel_for(N * K, [=] __device__(int64_t idx) {
+    const int64_t n = idx / K, k = idx - n * K;
+    const T scale = g[0] / static_cast<T>(N);
+    gz[idx] = scale * (prob[idx] - (k == target[n] ? T(1) : T(0)));
+  });
+}
+
+#define INSTANTIATE(T)                                                                           \
+  template void softmax_forward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t, bool);          \
+  template void softmax_backward_cuda<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, bool); \
+  template void cross_entropy_forward_cuda<T>(const T*, const int64_t*, T*, T*, int64_t, int64_t); \
+  template void cross_entropy_backward_cuda<T>(const T*, const int64_t*, const T*, T*, int64_t,   \
+                                               int64_t);
+INSTANTIATE(float)
+INSTANTIATE(double)
+#undef INSTANTIATE
+
+}  // namespace kernels
