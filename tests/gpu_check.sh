@@ -3,7 +3,8 @@
 #   card        nvidia-smi: name, driver, memory, compute capability
 #   build       configure for this card (its compute capability, else CMake's "native")
 #               and build the CUDA tests, benchmarks and alexnet_throughput into build-gpu
-#               (skipped with --build-dir: a build made elsewhere and carried over)
+#               (skipped with --build-dir: a build made elsewhere and carried over; with
+#               --bundle: checks that the bundle's binaries find all their libraries)
 #   tests       every CUDA test binary (bin/test_cuda*); fails on any failure and on any
 #               SKIPPED test, since on a GPU machine nothing may skip
 #   memcheck    compute-sanitizer --tool memcheck over the CUDA tests, ENGINE_CUDA_CACHING=0
@@ -15,16 +16,24 @@
 #   throughput  bin/alexnet_throughput --device cuda: forward and train at batch 64,
 #               saliency at batch 1
 #   pytorch     bench/compare_pytorch.sh 5 cuda: PyTorch's AlexNet on the same card beside
-#               ours, when python3 ($PYTHON, else Debian's) has torch with CUDA
+#               ours, when python3 ($PYTHON, else Debian's, else the one on PATH) has torch
+#               with CUDA
 # Writes one Markdown report (rewritten after every stage, so a run cut short still
-# leaves one) and, when $OUT is set, copies it and the stage logs there. Each stage runs
+# leaves one) and, when $OUT is set, copies it and an archive of the stage logs there. Each stage runs
 # under `timeout`; a failing stage is recorded and the next one runs. Exits 1 if any
 # stage failed.
 #
-#   tests/gpu_check.sh [--build-dir DIR] [--out FILE] [--stages a,b,...] [--budget SECONDS]
-#                      [--jobs N] [--tail LINES]
+#   tests/gpu_check.sh [--build-dir DIR | --bundle DIR] [--out FILE] [--stages a,b,...]
+#                      [--budget SECONDS] [--jobs N] [--tail LINES]
 #   --build-dir DIR   reuse DIR (must hold bin/test_cuda); no configure, no build. DIR and
 #                     FILE below, when relative, are taken from the repository root
+#   --bundle DIR      run the binaries of DIR/bundle.tar.xz (made by tests/gpu_bundle.sh on
+#                     a machine that can build the project); no configure, no build. They
+#                     run with LD_LIBRARY_PATH set to the bundle's lib/ (and its lib/gcc
+#                     where this machine's libstdc++ is too old), then the CUDA libraries
+#                     found here (/usr/local/cuda/lib64, its targets/x86_64-linux/lib,
+#                     and the lib/ folders of python3's nvidia-* wheels), then whatever
+#                     LD_LIBRARY_PATH held; the report says where each CUDA library came from
 #   --out FILE        the report (default gpu_report.md); stage logs go to FILE's name + _logs/
 #   --stages LIST     run only these stages (default: all, in the order above)
 #   --budget SECONDS  overall time limit: each stage's limit is cut to what is left, and
@@ -33,6 +42,8 @@
 # GPU_CHECK_LIMIT_MEMCHECK=3600; the sanitizers' gtest filters with
 # GPU_CHECK_MEMCHECK_FILTER (e.g. '*' for everything), GPU_CHECK_MEMCHECK_NETS_FILTER and
 # GPU_CHECK_RACECHECK_FILTER.
+# On a GPU machine that cannot build the project, with a bundle made where it can:
+#   tests/gpu_check.sh --bundle gpu-bundle --budget 550 --out gpu_report.md
 # Where one command may run only so long, split the check and reuse the build:
 #   tests/gpu_check.sh --stages card,build,tests --budget 550
 #   tests/gpu_check.sh --build-dir build-gpu --stages memcheck,racecheck --budget 550 --out gpu_report_2.md
@@ -43,6 +54,7 @@ root=$(pwd)
 
 # ---- options ------------------------------------------------------------------------------
 build_dir=""
+bundle_dir=""
 out_file="gpu_report.md"
 stages="card,build,tests,memcheck,racecheck,bench,throughput,pytorch"
 budget=0
@@ -51,6 +63,7 @@ tail_lines=40
 while (($#)); do
   case "$1" in
     --build-dir) build_dir=${2:?--build-dir needs a directory}; shift 2 ;;
+    --bundle) bundle_dir=${2:?--bundle needs a directory}; shift 2 ;;
     --out) out_file=${2:?--out needs a file}; shift 2 ;;
     --stages) stages=${2:?--stages needs a list}; shift 2 ;;
     --budget) budget=${2:?--budget needs seconds}; shift 2 ;;
@@ -62,7 +75,25 @@ while (($#)); do
 done
 
 prebuilt=0
-if [ -n "$build_dir" ]; then
+if [ -n "$build_dir" ] && [ -n "$bundle_dir" ]; then
+  echo "gpu_check: --build-dir and --bundle exclude each other" >&2
+  exit 2
+fi
+if [ -n "$bundle_dir" ]; then
+  prebuilt=1
+  case "$bundle_dir" in /*) ;; *) bundle_dir="$root/$bundle_dir" ;; esac
+  [ -f "$bundle_dir/bundle.tar.xz" ] || { echo "gpu_check: --bundle: no $bundle_dir/bundle.tar.xz (tests/gpu_bundle.sh makes it)" >&2; exit 2; }
+  # Unpacked for this run only; its bin/ is the build's bin/.
+  bundle_tmp=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_bundle.XXXXXX")
+  trap 'rm -rf "$bundle_tmp"' EXIT
+  if ! tar -C "$bundle_tmp" -xJf "$bundle_dir/bundle.tar.xz" 2>/dev/null; then
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$bundle_dir/bundle.tar.xz" "$bundle_tmp" \
+      || { echo "gpu_check: --bundle: cannot unpack $bundle_dir/bundle.tar.xz" >&2; exit 2; }
+  fi
+  [ -x "$bundle_tmp/bin/test_cuda" ] || { echo "gpu_check: --bundle: the bundle holds no bin/test_cuda" >&2; exit 2; }
+  build_dir=$bundle_tmp
+elif [ -n "$build_dir" ]; then
   prebuilt=1
   build_dir=$(cd "$build_dir" 2>/dev/null && pwd) || { echo "gpu_check: --build-dir: no such directory" >&2; exit 2; }
 else
@@ -70,6 +101,11 @@ else
 fi
 case "$out_file" in /*) ;; *) out_file="$root/$out_file" ;; esac
 log_dir="${out_file%.md}_logs"
+# The device tool returns at most 8 files from $OUT: keep the logs outside it and hand
+# back one archive of them beside the report.
+if [ -n "${OUT:-}" ]; then
+  case "$log_dir" in "$OUT"/*) log_dir="$root/$(basename "$log_dir")" ;; esac
+fi
 mkdir -p "$log_dir" "$(dirname "$out_file")"
 
 # The toolkit's tools, wherever this machine keeps them.
@@ -116,6 +152,7 @@ stage_limit() {
 
 # ---- facts about the machine ------------------------------------------------------------------
 card_name="unknown"; card_driver="unknown"; card_memory="unknown"; card_cc=""
+no_gpu_reason="nvidia-smi not found"
 if command -v nvidia-smi >/dev/null 2>&1; then
   line=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1 || true)
   if [ -n "$line" ]; then
@@ -124,6 +161,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     card_memory=$(echo "$card_memory" | xargs)
   fi
   card_cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | xargs || true)
+  no_gpu_reason="nvidia-smi lists no GPU"
 fi
 driver_cuda=$(nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*' | head -n 1 | awk '{print $3}' || true)
 toolkit_cuda="not found"
@@ -156,7 +194,13 @@ write_report() {
     echo "- CUDA toolkit: $toolkit_cuda (${nvcc_path:-no nvcc}); cuDNN $cudnn_version"
     echo "- compute-sanitizer: ${sanitizer:-not found}"
     echo "- Source: $root at $commit"
-    if ((prebuilt)); then echo "- Build: $build_dir (carried over; not rebuilt here)"; else echo "- Build: $build_dir"; fi
+    if [ -n "$bundle_dir" ]; then
+      echo "- Build: the bundle $bundle_dir/bundle.tar.xz (commit $bundle_commit, packed $bundle_date; not rebuilt here)"
+    elif ((prebuilt)); then
+      echo "- Build: $build_dir (carried over; not rebuilt here)"
+    else
+      echo "- Build: $build_dir"
+    fi
     echo "- Stage logs: $log_dir"
     echo
     echo "| stage | result | seconds | note |"
@@ -166,6 +210,12 @@ write_report() {
       echo "| $s | ${status[$s]} | ${secs[$s]} | ${note[$s]} |"
     done
     echo
+    if [ -s "$log_dir/bundle.md" ]; then
+      echo "## Bundle"
+      echo
+      cat "$log_dir/bundle.md"
+      echo
+    fi
     for s in "${all_stages[@]}"; do
       wanted "$s" || continue
       [ "${status[$s]}" = "not run" ] && continue
@@ -183,8 +233,8 @@ write_report() {
   } >"$tmp"
   mv "$tmp" "$out_file"
   if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
-    cp "$out_file" "$OUT/" 2>/dev/null || true
-    if mkdir -p "$OUT/$(basename "$log_dir")"; then cp -r "$log_dir/." "$OUT/$(basename "$log_dir")/" 2>/dev/null || true; fi
+    [ "$(dirname "$out_file")" -ef "$OUT" ] || cp "$out_file" "$OUT/" 2>/dev/null || true
+    tar czf "$OUT/$(basename "$log_dir").tar.gz" -C "$(dirname "$log_dir")" "$(basename "$log_dir")" 2>/dev/null || true
   fi
 }
 
@@ -253,7 +303,11 @@ limited() {
 
 # ---- stages -----------------------------------------------------------------------------------
 stage_card() {
-  command -v nvidia-smi >/dev/null || { echo "nvidia-smi not found: no NVIDIA driver on this machine"; return 1; }
+  if ! command -v nvidia-smi >/dev/null; then
+    echo "nvidia-smi not found: no NVIDIA driver on this machine"
+    note[card]="nvidia-smi not found: no GPU check is possible here"
+    return 1
+  fi
   limited nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || return 1
   limited nvidia-smi --query-gpu=compute_cap --format=csv || true
   limited nvidia-smi || return 1
@@ -261,6 +315,15 @@ stage_card() {
 }
 
 stage_build() {
+  if [ -n "$bundle_dir" ]; then
+    cat "$log_dir/ldd.txt"
+    if ((bundle_ok)); then
+      note[build]="bundle: configure and build skipped; every library its binaries load was found"
+      return 0
+    fi
+    bundle_links
+    return 1
+  fi
   if ((prebuilt)); then
     note[build]="prebuilt $build_dir: configure and build skipped"
     return 3
@@ -290,18 +353,22 @@ test_binaries() {
 }
 
 stage_tests() {
-  local bins b rc=0 skipped=0 summary=""
+  local bins b rc=0 skipped=0 summary="" not_started=""
+  bundle_links || return 1
   bins=$(test_binaries)
   [ -n "$bins" ] || { echo "no test_cuda* binaries in $build_dir/bin"; return 1; }
   for b in $bins; do
     echo "---- $(basename "$b")"
     if limited env -u GTEST_ALSO_RUN_DISABLED_TESTS -u GTEST_FILTER -u ENGINE_CUDA_CACHING -u GTEST_OUTPUT \
-        "$b" --gtest_brief=1 --gtest_output="xml:$log_dir/tests-$(basename "$b").xml" >"$log_dir/tests-$(basename "$b").log" 2>&1; then
+        "${ld_env[@]}" "$b" --gtest_brief=1 --gtest_output="xml:$log_dir/tests-$(basename "$b").xml" >"$log_dir/tests-$(basename "$b").log" 2>&1; then
       :
     else
       rc=1
     fi
     cat "$log_dir/tests-$(basename "$b").log"
+    if ! grep -qE '^\[==========\] [0-9]+ tests? from .* ran\.' "$log_dir/tests-$(basename "$b").log"; then
+      not_started+=" $(basename "$b")"
+    fi
     local n_pass n_skip n_fail
     n_pass=$(grep -oE '^\[  PASSED  \] [0-9]+' "$log_dir/tests-$(basename "$b").log" | awk '{print $4}' | tail -n 1 || true)
     n_skip=$(grep -oE '^\[  SKIPPED \] [0-9]+ test' "$log_dir/tests-$(basename "$b").log" | awk '{print $4}' | tail -n 1 || true)
@@ -319,7 +386,16 @@ stage_tests() {
     # gtest's XML report: <testcase name="..." ... result="skipped" ... classname="...">
     grep -h 'result="skipped"' "$log_dir"/tests-*.xml 2>/dev/null \
       | sed -E 's/.*testcase name="([^"]*)".*classname="([^"]*)".*/  \2.\1/' || true
-    note[tests]="tests SKIPPED: a GPU machine must run every test"
+    if [ "$card_name" = "unknown" ]; then
+      note[tests]="no GPU here ($no_gpu_reason): the binaries ran and skipped their GPU tests; a GPU machine must run every test"
+    else
+      note[tests]="tests SKIPPED: a GPU machine must run every test"
+    fi
+    rc=1
+  fi
+  if [ -n "$not_started" ]; then
+    echo "FAIL: no gtest summary (did not start, or stopped early) from:$not_started"
+    note[tests]="no gtest summary from:$not_started. ${note[tests]}"
     rc=1
   fi
   return $rc
@@ -329,12 +405,13 @@ stage_tests() {
 sanitize() {
   local tool=$1 bin=$2 filter=$3
   echo "---- compute-sanitizer --tool $tool $(basename "$bin") --gtest_filter=$filter"
-  limited env -u GTEST_ALSO_RUN_DISABLED_TESTS -u GTEST_FILTER ENGINE_CUDA_CACHING=0 \
+  limited env -u GTEST_ALSO_RUN_DISABLED_TESTS -u GTEST_FILTER ENGINE_CUDA_CACHING=0 "${ld_env[@]}" \
     "$sanitizer" --tool "$tool" --error-exitcode 99 --print-limit 100 \
     "$bin" --gtest_brief=1 --gtest_filter="$filter"
 }
 
 stage_memcheck() {
+  bundle_links || return 1
   [ -n "$sanitizer" ] || { echo "compute-sanitizer not found"; return 1; }
   [ -x "$build_dir/bin/test_cuda" ] || { echo "no $build_dir/bin/test_cuda"; return 1; }
   local rc=0
@@ -348,6 +425,7 @@ stage_memcheck() {
 }
 
 stage_racecheck() {
+  bundle_links || return 1
   [ -n "$sanitizer" ] || { echo "compute-sanitizer not found"; return 1; }
   [ -x "$build_dir/bin/test_cuda" ] || { echo "no $build_dir/bin/test_cuda"; return 1; }
   # Our kernels that share memory between threads: the tiled GEMM, im2col/col2im, the
@@ -361,8 +439,9 @@ stage_racecheck() {
 
 stage_bench() {
   local bin="$build_dir/bin/bench_cuda_ops" rc=0
+  bundle_links || return 1
   [ -x "$bin" ] || { echo "no $bin"; return 1; }
-  limited "$bin" --benchmark_counters_tabular=true --benchmark_out="$log_dir/bench_cuda_ops.json" \
+  limited env "${ld_env[@]}" "$bin" --benchmark_counters_tabular=true --benchmark_out="$log_dir/bench_cuda_ops.json" \
     --benchmark_out_format=json || rc=1
   if command -v python3 >/dev/null && [ -s "$log_dir/bench_cuda_ops.json" ]; then
     python3 - "$log_dir/bench_cuda_ops.json" >"$log_dir/bench.md" <<'EOF' || true
@@ -395,6 +474,7 @@ throughput_cases=("forward 64" "train 64" "saliency 1")
 
 stage_throughput() {
   local bin="$build_dir/bin/alexnet_throughput" rc=0 c mode batch iters log
+  bundle_links || return 1
   [ -x "$bin" ] || { echo "no $bin"; return 1; }
   {
     echo "| case | ours on cuda (images/s) |"
@@ -406,7 +486,7 @@ stage_throughput() {
     [ "$batch" -eq 1 ] && iters=40
     log="$log_dir/throughput-$mode-$batch.log"
     echo "---- alexnet_throughput --device cuda --mode $mode --batch $batch --iters $iters --warmup 3"
-    if limited "$bin" --device cuda --mode "$mode" --batch "$batch" --iters "$iters" --warmup 3 >"$log" 2>&1; then
+    if limited env "${ld_env[@]}" "$bin" --device cuda --mode "$mode" --batch "$batch" --iters "$iters" --warmup 3 >"$log" 2>&1; then
       :
     else
       rc=1
@@ -418,25 +498,187 @@ stage_throughput() {
 }
 
 stage_pytorch() {
-  local py=${PYTHON:-/usr/bin/python3}
-  [ -x "$py" ] || py=$(command -v python3 || true)
+  local py="" c
   if ! grep -q 'DEVICE' "$root/bench/compare_pytorch.sh"; then
     echo "skipped: bench/compare_pytorch.sh in this checkout measures the CPU only"
     note[pytorch]="compare_pytorch.sh has no device argument here"
     return 3
   fi
-  if [ -z "$py" ] || ! "$py" -c 'import sys, torch, torchvision; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  # $PYTHON when set; else Debian's python3, else the one on PATH (where PyTorch's images
+  # keep theirs), whichever has torch with CUDA.
+  local -a candidates=(/usr/bin/python3 "$(command -v python3 || true)")
+  [ -n "${PYTHON:-}" ] && candidates=("$PYTHON")
+  for c in "${candidates[@]}"; do
+    { [ -n "$c" ] && [ -x "$c" ]; } || continue
+    if "$c" -c 'import sys, torch, torchvision; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+      py=$c
+      break
+    fi
+  done
+  if [ -z "$py" ]; then
     echo "skipped: python3 with torch, torchvision and CUDA is not available here"
     note[pytorch]="no python3 with torch + CUDA on this machine"
     return 3
   fi
+  bundle_links || return 1
   "$py" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())'
+  # compare_pytorch.sh runs $BUILD_DIR/bin/alexnet_throughput and python3 alike: the
+  # bundle's library path goes to ours alone, through a wrapper, and never to PyTorch.
+  local bdir=$build_dir
+  if [ -n "$bundle_dir" ]; then
+    bdir="$bundle_tmp/compare-pytorch"
+    mkdir -p "$bdir/bin"
+    printf '#!/usr/bin/env bash\nexport LD_LIBRARY_PATH=%q\nexec %q "$@"\n' \
+      "$bundle_ld_path" "$build_dir/bin/alexnet_throughput" >"$bdir/bin/alexnet_throughput"
+    chmod +x "$bdir/bin/alexnet_throughput"
+  fi
   echo "---- bench/compare_pytorch.sh 5 cuda"
-  limited env BUILD_DIR="$build_dir" PYTHON="$py" "$root/bench/compare_pytorch.sh" 5 cuda | tee "$log_dir/compare_pytorch.txt"
+  limited env BUILD_DIR="$bdir" PYTHON="$py" "$root/bench/compare_pytorch.sh" 5 cuda | tee "$log_dir/compare_pytorch.txt"
   local rc=${PIPESTATUS[0]}
   fence <"$log_dir/compare_pytorch.txt" >"$log_dir/pytorch.md"
   return "$rc"
 }
+
+# ---- the bundle's libraries -------------------------------------------------------------------
+# The bundle's binaries run with LD_LIBRARY_PATH set (ld_env) to its lib/, then CUDA's
+# libraries as this machine has them: the toolkit's, and the lib/ folders of python3's
+# nvidia-* wheels (nvidia/cu13/lib, nvidia/cudnn/lib, ...), where PyTorch's images keep
+# cuBLAS and cuDNN; then what LD_LIBRARY_PATH held (the driver's folder, say). Nothing
+# else gets that path: python3 and the tools run as they would without the bundle.
+ld_env=()
+bundle_ok=1
+bundle_missing=""
+bundle_ld_path=""
+bundle_commit="unknown"
+bundle_date="unknown"
+
+# Candidate folders, one a line; those that do not exist are dropped later.
+cuda_lib_candidates() {
+  local d py sp
+  for d in "${CUDA_HOME:-}" "${nvcc_path:+$(dirname "$nvcc_path")/..}" /usr/local/cuda; do
+    [ -n "$d" ] || continue
+    echo "$d/lib64"
+    echo "$d/targets/x86_64-linux/lib"
+  done
+  for py in "${PYTHON:-}" "$(command -v python3 || true)" /usr/bin/python3; do
+    { [ -n "$py" ] && [ -x "$py" ]; } || continue
+    "$py" - 2>/dev/null <<'PYEOF' || true
+import os, site
+dirs = list(site.getsitepackages()) + [site.getusersitepackages()]
+try:
+    import nvidia
+    dirs += [os.path.dirname(p) for p in nvidia.__path__]
+except Exception:
+    pass
+print("\n".join(dirs))
+PYEOF
+  done | while read -r sp; do
+    for d in "$sp"/nvidia/*/lib "$sp"/nvidia/*/lib64; do echo "$d"; done
+  done
+}
+
+# Fails the stage (with the missing libraries) when the bundle's binaries cannot load here.
+bundle_links() {
+  if [ -z "$bundle_dir" ] || ((bundle_ok)); then return 0; fi
+  echo "FAIL: the bundle's binaries cannot load their libraries here:"
+  printf '%s' "$bundle_missing"
+  echo "LD_LIBRARY_PATH was $bundle_ld_path (the report's Bundle section says where the rest came from)"
+  if [ -n "$current_stage" ]; then note[$current_stage]="libraries not found (see the Bundle section)"; fi
+  return 1
+}
+
+if [ -n "$bundle_dir" ]; then
+  declare -A seen_dir=()
+  lib_dirs=()
+  while read -r d; do
+    [ -d "$d" ] || continue
+    real=$(cd "$d" && pwd -P)
+    [ -n "${seen_dir[$real]:-}" ] && continue
+    seen_dir[$real]=1
+    lib_dirs+=("$d")
+  done < <(cuda_lib_candidates)
+  cuda_path=""
+  ldd_test_cuda=""
+  for d in "${lib_dirs[@]}"; do cuda_path+=":$d"; done
+  cuda_path+="${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  if [ -f "$bundle_tmp/manifest.txt" ]; then
+    bundle_commit=$(sed -n 's/^commit: //p' "$bundle_tmp/manifest.txt" | head -n 1)
+    bundle_date=$(sed -n 's/^date: //p' "$bundle_tmp/manifest.txt" | head -n 1)
+  fi
+  # ldd over every binary with PATH as LD_LIBRARY_PATH: 0 when nothing is "not found"
+  # (a library, or a symbol version such as GLIBCXX_3.4.30 or GLIBC_2.34).
+  bundle_ldd() {
+    local b out ok=0
+    bundle_missing=""
+    : >"$log_dir/ldd.txt"
+    for b in "$build_dir"/bin/*; do
+      [ -x "$b" ] || continue
+      out=$(env LD_LIBRARY_PATH="$1" ldd "$b" 2>&1) || true
+      printf -- '---- ldd %s\n%s\n' "$(basename "$b")" "$out" >>"$log_dir/ldd.txt"
+      [ "$(basename "$b")" = test_cuda ] && ldd_test_cuda=$out
+      if grep -q 'not found' <<<"$out"; then
+        ok=1
+        bundle_missing+="  $(basename "$b"): $(grep 'not found' <<<"$out" | sed 's/^[[:space:]]*//' | paste -sd ';' -)"$'\n'
+      fi
+    done
+    return $ok
+  }
+  # This machine's libstdc++ and libgcc_s when they are new enough, else the bundle's
+  # (lib/gcc), which are as new as the compiler that built the binaries.
+  gcc_libs="this machine's (new enough)"
+  bundle_ld_path="$bundle_tmp/lib$cuda_path"
+  if ! bundle_ldd "$bundle_ld_path"; then
+    if [ -d "$bundle_tmp/lib/gcc" ] && grep -qE 'libstdc\+\+|libgcc_s|GLIBCXX_|CXXABI_|GCC_[0-9]' <<<"$bundle_missing"; then
+      bundle_ld_path="$bundle_tmp/lib:$bundle_tmp/lib/gcc$cuda_path"
+      gcc_libs="the bundle's lib/gcc (this machine's are older than the binaries need, or missing)"
+      bundle_ldd "$bundle_ld_path" || bundle_ok=0
+    else
+      bundle_ok=0
+    fi
+  fi
+  ld_env=("LD_LIBRARY_PATH=$bundle_ld_path")
+  cudnn_dir=$(grep -o 'libcudnn.so.9 => /[^ ]*' <<<"$ldd_test_cuda" | awk '{print $3}' | xargs -r dirname || true)
+  {
+    echo "Unpacked into $bundle_tmp for this run. Its binaries' LD_LIBRARY_PATH, in order:"
+    echo
+    tr ':' '\n' <<<"$bundle_ld_path" | fence
+    echo
+    echo "Where test_cuda's CUDA libraries resolve (\`ldd bin/test_cuda | grep -E 'cudnn|cublas|cudart|not found'\`):"
+    echo
+    grep -E 'cudnn|cublas|cudart|not found' <<<"$ldd_test_cuda" | sed 's/^[[:space:]]*//; s/ (0x[0-9a-f]*)$//' | fence || true
+    echo
+    if [ -n "$cudnn_dir" ]; then
+      parts=$(for f in "$cudnn_dir"/libcudnn_*.so.9; do if [ -e "$f" ]; then printf '%s ' "$(basename "$f")"; fi; done)
+      echo "cuDNN's parts, loaded at run time from beside libcudnn.so.9: ${parts:-none}"
+      echo
+    fi
+    echo "libstdc++ and libgcc_s: $gcc_libs."
+    echo
+    libcuda=$( (ldconfig -p 2>/dev/null | grep -m 1 'libcuda.so.1 ' | sed 's/.*=> //') || true)
+    echo "The driver's libcuda.so.1 (loaded by libcudart at run time): ${libcuda:-not in the ldconfig cache}${LD_LIBRARY_PATH:+ (LD_LIBRARY_PATH held $LD_LIBRARY_PATH)}"
+    echo
+    if ((bundle_ok)); then
+      echo "Every library the bundle's binaries load was found."
+    else
+      echo "**Not found** (the stages that run these binaries fail):"
+      echo
+      printf '%s' "$bundle_missing" | fence
+    fi
+    echo
+    if [ -f "$bundle_tmp/sources.sha256" ]; then
+      changed=$(cd "$root" && { sha256sum -c --quiet "$bundle_tmp/sources.sha256" 2>/dev/null || true; } | sed 's/: FAILED.*//')
+      if [ -z "$changed" ]; then
+        echo "The source tree here holds the files the bundle was built from."
+      else
+        echo "The source tree here differs from the one the bundle was built from in $(wc -l <<<"$changed") file(s) (the binaries are the bundle's; scripts such as bench/compare_pytorch.sh are this tree's): $(head -n 20 <<<"$changed" | paste -sd ' ' -)"
+      fi
+      echo
+    fi
+    echo "The bundle's manifest:"
+    echo
+    fence <"$bundle_tmp/manifest.txt"
+  } >"$log_dir/bundle.md"
+fi
 
 # ---- run ------------------------------------------------------------------------------------
 write_report
