@@ -2,11 +2,12 @@
 // child processes on files made here at test time (nothing binary is committed) —
 // truncated and corrupt JPEG and PNG, a text file named .jpg, an empty file, a PNG and a
 // JPEG whose headers claim 30000x30000 pixels, weights files with a missing dataset, a
-// wrong shape, a wrong dtype, truncated or not HDF5 at all, an empty folder, and output
-// folders that cannot be written. Every case must end in one clear message naming the
-// file, exit status 1 (never a signal, never a sanitizer report), the other images still
-// processed where the tool skips a bad one, and no partial output file. Grey, grey+alpha,
-// RGBA, palette, 16-bit and CMYK images must be accepted.
+// wrong shape, a wrong dtype, a corrupt global heap, bytes that crash libhdf5 itself,
+// truncated or not HDF5 at all, an empty folder, and output folders that cannot be
+// written. Every case must end in one clear message naming the file, exit status 1
+// (never a signal, never a sanitizer report), the other images still processed where
+// the tool skips a bad one, and no partial output file. Grey, grey+alpha, RGBA,
+// palette, 16-bit and CMYK images must be accepted.
 //
 // The model is a SqueezeNet 1.1 with 3 classes and seeded random weights saved by the
 // engine: no downloaded weights or photographs are needed, so none of this skips.
@@ -585,6 +586,19 @@ TEST_F(BadInput, WeightsWithACorruptGlobalHeapAreRefused) {
   const std::string path = testing_util::temp_dir() + "/heap.h5";
   write_bytes(path, w);
   expect_weights_refused(path, "corrupt global heap");
+}
+
+// libhdf5 1.10 itself crashes on some malformed files (docs/reliability.md): here the
+// heap ID of the `format` attribute's string names an object index that its collection
+// does not hold, and H5HG_read faults on it. The reader reads every file in a child
+// process first; the crash ends the child, and the tools refuse the file by name. With
+// ENGINE_H5_ISOLATION=0 the tools themselves crash on this file.
+TEST_F(BadInput, WeightsThatCrashTheHdf5LibraryAreRefused) {
+  Bytes w = read_bytes(weights_);
+  ASSERT_TRUE(testing_util::break_string_heap_id(w, "alexnet-engine-weights"));
+  const std::string path = testing_util::temp_dir() + "/crash.h5";
+  write_bytes(path, w);
+  expect_weights_refused(path, "corrupt HDF5 file (the HDF5 library failed while reading it");
 }
 
 TEST_F(BadInput, TruncatedWeightsAreRefused) {

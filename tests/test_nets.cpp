@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include <hdf5.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -298,6 +299,109 @@ TEST_F(WeightsFile, UnexpectedKeyAndWrongArchitecture) {
   EXPECT_NE(e2.find("unexpected keys (48)"), std::string::npos) << e2;
   EXPECT_NE(e2.find("features.0.weight (file: float32 [64, 3, 3, 3], model: float32 [64, 3, 11, 11])"),
             std::string::npos) << e2;
+}
+
+// Bytes that crash libhdf5 1.10 itself (the `format` attribute's string names a heap
+// object that does not exist) are an engine::Error naming the file: the reader reads
+// the file in a child process first, so the crash ends the child, not this process.
+// With ENGINE_H5_ISOLATION=0 this test dies with the crash.
+TEST_F(WeightsFile, BytesThatCrashTheHdf5LibraryAreAnError) {
+  std::ifstream in(good_, std::ios::binary);
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_TRUE(testing_util::break_string_heap_id(bytes, "alexnet-engine-weights"));
+  const std::string path = dir_ + "/crash.h5";
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
+                                              static_cast<std::streamsize>(bytes.size()));
+  const std::string e = error_of([&] { io::load_weights(*net_, path); });
+  EXPECT_EQ(e.rfind(path + ": corrupt HDF5 file (the HDF5 library failed while reading it: ", 0), 0u) << e;
+  // The reader is usable again afterwards.
+  EXPECT_EQ(io::read_weights_meta(good_).architecture, "squeezenet1_1");
+}
+
+// The reader reads the file once, into memory: what was checked is what is read, even
+// when the file is replaced while the reader is open.
+TEST_F(WeightsFile, ReaderReadsTheBytesItChecked) {
+  const std::string path = dir_ + "/replaced.h5";
+  fs::copy_file(good_, path);
+  const io::H5Reader r(path);
+  std::ofstream(path, std::ios::trunc) << "replaced by something else\n";
+  EXPECT_EQ(r.attr("architecture"), "squeezenet1_1");
+  EXPECT_EQ(r.read("classifier.1.bias").to_vector<float>(), net_->parameter("classifier.1.bias").to_vector<float>());
+  EXPECT_EQ(r.read_strings("class_names"), meta_.class_names);
+}
+
+// Empty datasets and a scalar read back as they were written (the reader answers from
+// what it read at construction, values included).
+TEST_F(WeightsFile, EmptyAndScalarDatasetsReadBack) {
+  const std::string path = dir_ + "/small.h5";
+  {
+    io::H5Writer w(path);
+    w.write("empty", Tensor::zeros({0, 3}));
+    w.write("scalar", Tensor::full({}, 2.5, DType::F64));
+    w.write_ints("no_ints", {}, {0});
+    w.write_strings("no_strings", {});
+    w.commit();
+  }
+  const io::H5Reader r(path);
+  EXPECT_EQ(r.names(), (std::vector<std::string>{"empty", "no_ints", "no_strings", "scalar"}));
+  EXPECT_EQ(r.read("empty").shape(), (Shape{0, 3}));
+  const Tensor scalar = r.read("scalar");
+  EXPECT_EQ(scalar.shape(), Shape{});
+  EXPECT_EQ(scalar.dtype(), DType::F64);
+  EXPECT_EQ(scalar.to_vector<double>(), std::vector<double>{2.5});
+  EXPECT_TRUE(r.read_ints("no_ints").empty());
+  EXPECT_TRUE(r.read_strings("no_strings").empty());
+  EXPECT_EQ(r.type_of("no_ints"), "int64");
+}
+
+// ENGINE_H5_ISOLATION=0 reads without the child process; good files read the same.
+TEST_F(WeightsFile, IsolationCanBeTurnedOff) {
+  struct Env {
+    Env() { ::setenv("ENGINE_H5_ISOLATION", "0", 1); }
+    ~Env() { ::unsetenv("ENGINE_H5_ISOLATION"); }
+  } env;
+  Generator g(25);
+  auto other = nets::make_model(nets::Arch::SqueezeNet1_1, 1000, &g);
+  const io::WeightsMeta m = io::load_weights(*other, good_);
+  EXPECT_EQ(m.class_names, meta_.class_names);
+  EXPECT_EQ(other->parameter("features.0.weight").to_vector<float>(),
+            net_->parameter("features.0.weight").to_vector<float>());
+}
+
+// Datasets whose data is not in the file are refused: a soft or an external link, and a
+// dataset whose values live in another file (external storage) would make libhdf5 read
+// files that nothing checked. They are not listed among the datasets either.
+TEST_F(WeightsFile, DataOutsideTheFileIsRefused) {
+  const std::string path = dir_ + "/links.h5", outside = dir_ + "/outside.bin";
+  std::ofstream(outside, std::ios::binary) << std::string(64, '\x01');
+  {
+    const hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    const hsize_t n = 4;
+    const hid_t space = H5Screate_simple(1, &n, nullptr);
+    const float values[4] = {1.5f, -2.0f, 0.25f, 8.0f};
+    const hid_t inside = H5Dcreate2(f, "inside", H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dwrite(inside, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values);
+    H5Dclose(inside);
+    const hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_external(dcpl, outside.c_str(), 0, 16);
+    H5Dclose(H5Dcreate2(f, "external_storage", H5T_IEEE_F32LE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT));
+    H5Pclose(dcpl);
+    H5Lcreate_soft("/inside", f, "soft_link", H5P_DEFAULT, H5P_DEFAULT);
+    H5Lcreate_external(good_.c_str(), "/features.0.bias", f, "external_link", H5P_DEFAULT, H5P_DEFAULT);
+    H5Sclose(space);
+    H5Fclose(f);
+  }
+  const io::H5Reader r(path);
+  EXPECT_EQ(r.names(), (std::vector<std::string>{"external_storage", "inside"}));
+  EXPECT_EQ(r.read("inside").to_vector<float>(), (std::vector<float>{1.5f, -2.0f, 0.25f, 8.0f}));
+  const std::string storage = error_of([&] { r.read("external_storage"); });
+  EXPECT_NE(storage.find(path + ": dataset 'external_storage' keeps its data in other files"), std::string::npos)
+      << storage;
+  for (const std::string link : {"soft_link", "external_link"}) {
+    const std::string e = error_of([&] { r.shape_of(link); });
+    EXPECT_NE(e.find("dataset '" + link + "' is a soft or external link"), std::string::npos) << e;
+  }
 }
 
 TEST_F(WeightsFile, SaveToAnUnwritableFolderLeavesNothing) {

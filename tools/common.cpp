@@ -43,7 +43,8 @@ std::vector<std::string> collect_images(const std::vector<std::string>& inputs) 
 
 LoadedModel load_model(const std::string& weights, engine::Device device) {
   LoadedModel m;
-  const engine::io::WeightsMeta meta = engine::io::read_weights_meta(weights);
+  const engine::io::H5Reader file(weights);  // read and checked once for everything below
+  const engine::io::WeightsMeta meta = engine::io::read_weights_meta(file);
   try {
     m.arch = nets::parse_arch(meta.architecture);
   } catch (const engine::Error& e) {
@@ -54,13 +55,12 @@ LoadedModel load_model(const std::string& weights, engine::Device device) {
   // An AlexNet fine-tuned in Case 2 (finetune --case 2) has one Linear(4096, K) as
   // classifier.4 and no classifier.6: rebuild that head before loading.
   if (m.arch == nets::Arch::AlexNet) {
-    const engine::io::H5Reader file(weights);
     if (file.has("classifier.4.weight") && !file.has("classifier.6.weight"))
       nets::replace_head(*m.model, m.arch, 2, meta.num_classes);
   }
   engine::io::LoadOptions opt;
   opt.expect_architecture = meta.architecture;
-  m.meta = engine::io::load_weights(*m.model, weights, opt);
+  m.meta = engine::io::load_weights(*m.model, file, opt);
   m.model->to(device);
   m.model->eval();
   return m;

@@ -56,6 +56,7 @@ class FileCache : public FeatureCache {
   // Creates a new file (tmp name until finish()).
   FileCache(const std::string& path, int64_t rows, const Shape& row_shape, const std::string& key)
       : FeatureCache(rows, row_shape, path), key_(key), tmp_(path + ".tmp-" + std::to_string(::getpid())) {
+    const auto lock = io::detail::lock_hdf5();
     silence_hdf5();
     file_ = H5Fcreate(tmp_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     ENGINE_CHECK(file_ >= 0, path, ": cannot create the feature cache (is the folder writable?)");
@@ -73,11 +74,13 @@ class FileCache : public FeatureCache {
   // Opens a finished file for reading; file_ < 0 when it is not usable.
   FileCache(const std::string& path, int64_t rows, const Shape& row_shape, const std::string& key, bool)
       : FeatureCache(rows, row_shape, path), key_(key) {
+    const auto lock = io::detail::lock_hdf5();
     silence_hdf5();
     open_for_reading();
   }
 
   ~FileCache() override {
+    const auto lock = io::detail::lock_hdf5();
     close_all();
     if (!tmp_.empty()) std::remove(tmp_.c_str());
   }
@@ -85,6 +88,7 @@ class FileCache : public FeatureCache {
   bool usable() const { return file_ >= 0 && data_ >= 0; }
 
   void write(const std::vector<int64_t>& rows, const Tensor& values) override {
+    const auto lock = io::detail::lock_hdf5();
     check_rows(rows, "write");
     ENGINE_CHECK(!tmp_.empty(), path_, ": the feature cache is finished and read-only");
     const Tensor v = values.device().is_cpu() ? values : values.detach().to(Device::cpu());
@@ -111,6 +115,7 @@ class FileCache : public FeatureCache {
   }
 
   void finish() override {
+    const auto lock = io::detail::lock_hdf5();
     if (tmp_.empty()) return;
     std::vector<int64_t> present(present_.begin(), present_.end()), missing_rows;
     std::vector<std::string> reasons;
@@ -167,6 +172,7 @@ class FileCache : public FeatureCache {
   }
 
   void row_io(int64_t row, float* buf, bool writing) const {
+    const auto lock = io::detail::lock_hdf5();
     const hsize_t start[2] = {static_cast<hsize_t>(row), 0}, count[2] = {1, static_cast<hsize_t>(row_numel())};
     Handle fspace(H5Dget_space(data_), H5Sclose);
     H5Sselect_hyperslab(fspace.id, H5S_SELECT_SET, start, nullptr, count, nullptr);

@@ -36,12 +36,19 @@ WeightsMeta read_meta(const H5Reader& f) {
 }  // namespace
 
 WeightsMeta read_weights_meta(const std::string& path) {
-  H5Reader f(path);
+  const H5Reader f(path);
   return read_meta(f);
 }
 
+WeightsMeta read_weights_meta(const H5Reader& file) { return read_meta(file); }
+
 WeightsMeta load_weights(nn::Module& model, const std::string& path, const LoadOptions& options) {
-  H5Reader f(path);
+  const H5Reader f(path);
+  return load_weights(model, f, options);
+}
+
+WeightsMeta load_weights(nn::Module& model, const H5Reader& f, const LoadOptions& options) {
+  const std::string& path = f.path();
   WeightsMeta meta = read_meta(f);
   if (!options.expect_architecture.empty())
     ENGINE_CHECK(meta.architecture == options.expect_architecture, path, ": weights are for architecture '",

@@ -13,6 +13,8 @@
 
 namespace engine::io {
 
+class H5Reader;
+
 struct WeightsMeta {
   std::string architecture;
   int64_t num_classes = 0;
@@ -32,11 +34,15 @@ struct LoadOptions {
 
 // Reads the attributes and class names only.
 WeightsMeta read_weights_meta(const std::string& path);
+WeightsMeta read_weights_meta(const H5Reader& file);
 
 // Loads parameter values into the model (converted to its dtype and device). One error
 // lists every missing key, unexpected key and shape or dtype mismatch. Returns the
 // file's metadata.
 WeightsMeta load_weights(nn::Module& model, const std::string& path, const LoadOptions& options = {});
+// The same from a file already open: opening reads and checks the whole file
+// (engine/io/h5.h), so a caller that needs the file more than once opens it once.
+WeightsMeta load_weights(nn::Module& model, const H5Reader& file, const LoadOptions& options = {});
 
 // Writes every parameter as float32 with the metadata, atomically (temporary file, then
 // rename): an interrupted save leaves any previous file intact.
