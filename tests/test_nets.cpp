@@ -1,6 +1,8 @@
 // AlexNet and SqueezeNet 1.1: torchvision's structure and names, head surgery, the HDF5
 // weights layout (round trip, strict and non-strict loading, bad files), and parity
 // with PyTorch end to end (logits, loss, every parameter gradient, the input gradient).
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -316,6 +318,52 @@ TEST_F(WeightsFile, BytesThatCrashTheHdf5LibraryAreAnError) {
   EXPECT_EQ(e.rfind(path + ": corrupt HDF5 file (the HDF5 library failed while reading it: ", 0), 0u) << e;
   // The reader is usable again afterwards.
   EXPECT_EQ(io::read_weights_meta(good_).architecture, "squeezenet1_1");
+}
+
+// Bytes on which libhdf5 1.10 loops forever: a global heap collection whose free-space
+// entry has size 0 makes H5HG__cache_heap_deserialize stop advancing. libhdf5 ignores
+// the three reserved bytes of the collection's header; with one of them set, the
+// reader's walk of the collections must still find it, and refuse the file at once
+// (without it, only the child's time limit would stop the loop, after 60 s).
+TEST_F(WeightsFile, HangingGlobalHeapWithReservedBytesSetIsRefusedAtOnce) {
+  // The metadata strings only (no class names): one collection, with free space.
+  std::ifstream in(variant("strings", [](const std::string&, const Tensor& t) { return t; }), std::ios::binary);
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string gcol = "GCOL";
+  const auto at = std::search(bytes.begin(), bytes.end(), gcol.begin(), gcol.end());
+  ASSERT_NE(at, bytes.end());
+  const size_t base = static_cast<size_t>(at - bytes.begin());
+  auto le64 = [&](size_t i) {
+    uint64_t v = 0;
+    for (int k = 7; k >= 0; --k) v = (v << 8) | bytes[i + static_cast<size_t>(k)];
+    return v;
+  };
+  const uint64_t size = le64(base + 8);
+  size_t q = 16;  // the objects, up to the free-space entry (index 0)
+  while (q + 16 <= size && (bytes[base + q] | bytes[base + q + 1]) != 0) q += 16 + ((le64(base + q + 8) + 7) & ~uint64_t{7});
+  ASSERT_LE(q + 16, size) << "no free-space entry in the collection";
+  for (int k = 0; k < 8; ++k) bytes[base + q + 8 + static_cast<size_t>(k)] = 0;  // its size: 0
+  bytes[base + 5] = 8;  // a reserved byte of the collection's header
+  const std::string path = dir_ + "/hang.h5";
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),
+                                              static_cast<std::streamsize>(bytes.size()));
+  const auto start = std::chrono::steady_clock::now();
+  const std::string e = error_of([&] { io::load_weights(*net_, path); });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(e.rfind(path + ": corrupt global heap at byte " + std::to_string(base) + ": object 0 of 0 bytes", 0), 0u)
+      << e;
+  EXPECT_LT(seconds, 10.0);
+}
+
+// A child that has not finished in its time limit is killed and the file refused. A
+// limit of 0 (ENGINE_H5_TIME_LIMIT=0) takes that path for any file.
+TEST_F(WeightsFile, ReadingThatDoesNotFinishInTimeIsRefused) {
+  struct Env {
+    Env() { ::setenv("ENGINE_H5_TIME_LIMIT", "0", 1); }
+    ~Env() { ::unsetenv("ENGINE_H5_TIME_LIMIT"); }
+  } env;
+  EXPECT_EQ(error_of([&] { io::load_weights(*net_, good_); }),
+            good_ + ": corrupt HDF5 file (reading it did not finish in 0 s)");
 }
 
 // The reader reads the file once, into memory: what was checked is what is read, even

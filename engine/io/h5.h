@@ -14,11 +14,11 @@
 // that fails there also refuses the file (a part libhdf5 cannot read is corrupt). When
 // the child finished cleanly, the reader takes its answers (values through a shared
 // memory file) and answers every method from them: libhdf5 never runs in the caller's
-// process on a file being read. The child has a time limit (60 s plus 1 s per 10 MiB),
-// limits on CPU time and address space, its output goes to /dev/null, and it never
-// returns into the caller's code. ENGINE_H5_ISOLATION=0 in the environment reads in this
-// process instead, with the same answers (libhdf5's crash then happens here; useful to
-// debug one). Every call into libhdf5, from any thread, holds one lock
+// process on a file being read. The child has a time limit (60 s plus 1 s per 10 MiB, or
+// ENGINE_H5_TIME_LIMIT seconds), limits on CPU time and address space, its output goes
+// to /dev/null, and it never returns into the caller's code. ENGINE_H5_ISOLATION=0 in
+// the environment reads in this process instead, with the same answers (libhdf5's crash
+// then happens here; useful to debug one). Every call into libhdf5, from any thread, holds one lock
 // (detail::lock_hdf5): Debian's libhdf5 is not thread-safe, and no other thread may be
 // inside it when the child is forked.
 //
