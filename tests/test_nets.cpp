@@ -6,6 +6,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <random>
 
 #include <hdf5.h>
 #include <unistd.h>
@@ -450,6 +452,112 @@ TEST_F(WeightsFile, DataOutsideTheFileIsRefused) {
     const std::string e = error_of([&] { r.shape_of(link); });
     EXPECT_NE(e.find("dataset '" + link + "' is a soft or external link"), std::string::npos) << e;
   }
+}
+
+// Values of every integer width and signedness and of both IEEE float widths, in both
+// byte orders, contiguous and compressed, read back as written: the reader takes them as
+// stored and swaps and widens them itself. An unsigned 64-bit value above the int64 range
+// reads as the int64 maximum (as libhdf5's own conversion clamps it).
+TEST_F(WeightsFile, EveryByteOrderAndWidthReadsAsWritten) {
+  const std::string path = dir_ + "/orders.h5";
+  const hsize_t n = 37;
+  std::mt19937_64 rng(41);
+  std::vector<int64_t> ints(n);
+  for (auto& v : ints) v = static_cast<int64_t>(rng());
+  ints[0] = std::numeric_limits<int64_t>::min();
+  ints[1] = std::numeric_limits<int64_t>::max();
+  ints[2] = -1;
+  ints[3] = 0;
+  std::vector<uint64_t> big(n);
+  for (auto& v : big) v = rng();
+  big[0] = std::numeric_limits<uint64_t>::max();
+  big[1] = uint64_t{1} << 63;
+  big[2] = (uint64_t{1} << 63) - 1;
+  std::vector<double> reals(n);
+  std::normal_distribution<double> normal(0.0, 3.0);
+  for (auto& v : reals) v = normal(rng);
+  reals[0] = std::numeric_limits<double>::denorm_min();
+  reals[1] = -0.0;
+  std::vector<float> floats(reals.begin(), reals.end());
+  floats[0] = std::numeric_limits<float>::denorm_min();
+
+  struct IntCase {
+    const char* name;
+    hid_t type;
+    int bits;
+    bool is_signed;
+  };
+  const IntCase int_cases[] = {{"i8", H5T_STD_I8LE, 8, true},      {"u8", H5T_STD_U8BE, 8, false},
+                               {"i16be", H5T_STD_I16BE, 16, true}, {"u16le", H5T_STD_U16LE, 16, false},
+                               {"i32be", H5T_STD_I32BE, 32, true}, {"u32be", H5T_STD_U32BE, 32, false},
+                               {"i64be", H5T_STD_I64BE, 64, true}, {"i64le", H5T_STD_I64LE, 64, true}};
+  // What a value of the type holds: the low bits of ints, sign- or zero-extended.
+  auto narrowed = [&](const IntCase& c) {
+    std::vector<int64_t> out;
+    for (int64_t v : ints) {
+      const uint64_t u = static_cast<uint64_t>(v);
+      if (c.bits == 64) {
+        out.push_back(v);
+      } else if (c.is_signed) {
+        out.push_back(static_cast<int64_t>(u << (64 - c.bits)) >> (64 - c.bits));
+      } else {
+        out.push_back(static_cast<int64_t>(u & ((uint64_t{1} << c.bits) - 1)));
+      }
+    }
+    return out;
+  };
+  {
+    const hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    const hid_t space = H5Screate_simple(1, &n, nullptr);
+    const hsize_t chunk = 8;
+    const hid_t deflate = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(deflate, 1, &chunk);
+    H5Pset_deflate(deflate, 6);
+    auto write = [&](const char* name, hid_t type, hid_t dcpl, hid_t mem, const void* values) {
+      const hid_t ds = H5Dcreate2(f, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+      ASSERT_GE(ds, 0) << name;
+      ASSERT_GE(H5Dwrite(ds, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, values), 0) << name;
+      H5Dclose(ds);
+    };
+    for (const IntCase& c : int_cases) {
+      const std::vector<int64_t> v = narrowed(c);
+      if (c.is_signed) {
+        write(c.name, c.type, H5P_DEFAULT, H5T_NATIVE_INT64, v.data());
+      } else {
+        const std::vector<uint64_t> u(v.begin(), v.end());
+        write(c.name, c.type, H5P_DEFAULT, H5T_NATIVE_UINT64, u.data());
+      }
+    }
+    write("u64be", H5T_STD_U64BE, H5P_DEFAULT, H5T_NATIVE_UINT64, big.data());
+    write("i32be_deflate", H5T_STD_I32BE, deflate, H5T_NATIVE_INT64, narrowed(int_cases[4]).data());
+    write("f32be", H5T_IEEE_F32BE, H5P_DEFAULT, H5T_NATIVE_FLOAT, floats.data());
+    write("f32le", H5T_IEEE_F32LE, H5P_DEFAULT, H5T_NATIVE_FLOAT, floats.data());
+    write("f64be", H5T_IEEE_F64BE, H5P_DEFAULT, H5T_NATIVE_DOUBLE, reals.data());
+    write("f64be_deflate", H5T_IEEE_F64BE, deflate, H5T_NATIVE_DOUBLE, reals.data());
+    H5Pclose(deflate);
+    H5Sclose(space);
+    H5Fclose(f);
+  }
+  const io::H5Reader r(path);
+  for (const IntCase& c : int_cases) EXPECT_EQ(r.read_ints(c.name), narrowed(c)) << c.name;
+  EXPECT_EQ(r.read_ints("i32be_deflate"), narrowed(int_cases[4]));
+  std::vector<int64_t> clamped;
+  for (uint64_t u : big)
+    clamped.push_back(u >= uint64_t{1} << 63 ? std::numeric_limits<int64_t>::max() : static_cast<int64_t>(u));
+  EXPECT_EQ(r.read_ints("u64be"), clamped);
+  for (const char* name : {"f32be", "f32le"}) {
+    const Tensor t = r.read(name);
+    EXPECT_EQ(t.dtype(), DType::F32) << name;
+    EXPECT_EQ(t.to_vector<float>(), floats) << name;
+  }
+  for (const char* name : {"f64be", "f64be_deflate"}) {
+    const Tensor t = r.read(name);
+    EXPECT_EQ(t.dtype(), DType::F64) << name;
+    EXPECT_EQ(t.to_vector<double>(), reals) << name;
+  }
+  EXPECT_EQ(r.type_of("u16le"), "uint16");
+  EXPECT_EQ(r.type_of("f64be"), "float64");
 }
 
 TEST_F(WeightsFile, SaveToAnUnwritableFolderLeavesNothing) {

@@ -29,6 +29,10 @@
 #include "engine/error.h"
 #include "engine/io/h5_handle.h"
 
+#if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "h5.cpp takes values as stored in little-endian files as the host's own"
+#endif
+
 #if defined(__SANITIZE_ADDRESS__)
 #define ENGINE_H5_SANITIZED 1
 #elif defined(__has_feature)
@@ -422,6 +426,35 @@ std::string type_of(const Source& f, const std::string& name) {
 
 bool is_integer_type(const std::string& type) { return type.rfind("int", 0) == 0 || type.rfind("uint", 0) == 0; }
 
+// A dataset's values exactly as stored (an IEEE float or a plain integer: type_of), into
+// `out`, which holds numel * the stored size. The memory type is the stored type, so
+// libhdf5 copies the bytes and converts nothing: its conversions from a byte order or size
+// other than the machine's go bit by bit, and a small compressed file can hold millions
+// of values. The caller swaps and widens them.
+struct Stored {
+  size_t size = 0;
+  bool big_endian = false, is_signed = false;
+};
+Stored read_stored(const Source& f, const std::string& name, hid_t ds, void* out) {
+  Handle type(H5Dget_type(ds), H5Tclose);
+  if (type.id < 0) fail(f.path, "dataset '" + name + "': cannot read its type");
+  Stored s;
+  s.size = H5Tget_size(type.id);
+  const H5T_order_t order = H5Tget_order(type.id);
+  if (s.size == 0 || s.size > 8 || (order != H5T_ORDER_LE && order != H5T_ORDER_BE))
+    fail(f.path, "dataset '" + name + "': cannot read its type");
+  s.big_endian = order == H5T_ORDER_BE && s.size > 1;
+  s.is_signed = H5Tget_class(type.id) == H5T_INTEGER && H5Tget_sign(type.id) == H5T_SGN_2;
+  if (H5Dread(ds, type.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
+    fail(f.path, "cannot read dataset '" + name + "' (truncated or corrupt file)");
+  return s;
+}
+
+// Reverses the bytes of each of `n` values of `size` bytes.
+void byte_swap(uint8_t* p, int64_t n, size_t size) {
+  for (int64_t i = 0; i < n; ++i, p += size) std::reverse(p, p + size);
+}
+
 // A float dataset's values, as float32 or float64 as stored, into the buffer that
 // `destination(shape, dtype)` returns (its size checked against the file first).
 void read_floats(const Source& f, const std::string& name,
@@ -434,9 +467,10 @@ void read_floats(const Source& f, const std::string& name,
   check_stored_size(f, name, ds.id, numel_of(shape));
   const DType dtype = type == "float32" ? DType::F32 : DType::F64;
   void* out = destination(shape, dtype);
-  const hid_t mem = dtype == DType::F32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_DOUBLE;
-  if (numel_of(shape) > 0 && H5Dread(ds.id, mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
-    fail(f.path, "cannot read dataset '" + name + "' (truncated or corrupt file)");
+  const int64_t n = numel_of(shape);
+  if (n == 0) return;
+  const Stored stored = read_stored(f, name, ds.id, out);
+  if (stored.big_endian) byte_swap(static_cast<uint8_t*>(out), n, stored.size);
 }
 
 std::vector<int64_t> read_ints(const Source& f, const std::string& name) {
@@ -445,9 +479,26 @@ std::vector<int64_t> read_ints(const Source& f, const std::string& name) {
   Handle ds(open_dataset(f, name), H5Dclose);
   const Shape shape = dataset_shape(f.path, name, ds.id);
   check_stored_size(f, name, ds.id, numel_of(shape));
-  std::vector<int64_t> out(static_cast<size_t>(numel_of(shape)));
-  if (!out.empty() && H5Dread(ds.id, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0)
-    fail(f.path, "cannot read dataset '" + name + "' (truncated or corrupt file)");
+  const size_t n = static_cast<size_t>(numel_of(shape));
+  std::vector<int64_t> out(n);
+  if (n == 0) return out;
+  // As stored (1 to 8 bytes each), then widened here: in place, from the last value down,
+  // so that no value is overwritten before it is read.
+  const Stored stored = read_stored(f, name, ds.id, out.data());
+  auto* bytes = reinterpret_cast<uint8_t*>(out.data());
+  if (stored.big_endian) byte_swap(bytes, static_cast<int64_t>(n), stored.size);
+  const int shift = 64 - static_cast<int>(stored.size * 8);
+  for (size_t i = n; i-- > 0;) {
+    uint64_t u = 0;
+    std::memcpy(&u, bytes + i * stored.size, stored.size);  // little-endian: the low bytes
+    if (stored.is_signed) {
+      out[i] = static_cast<int64_t>(u << shift) >> shift;
+    } else {
+      // libhdf5's own conversion clamps an unsigned value above the int64 range to its maximum.
+      constexpr auto kMax = std::numeric_limits<int64_t>::max();
+      out[i] = u > static_cast<uint64_t>(kMax) ? kMax : static_cast<int64_t>(u);
+    }
+  }
   return out;
 }
 
@@ -462,9 +513,14 @@ std::vector<std::string> read_strings(const Source& f, const std::string& name) 
   Handle stored(H5Dget_type(ds.id), H5Tclose);
   if (stored.id < 0 || H5Tis_variable_str(stored.id) <= 0)
     fail(f.path, "dataset '" + name + "' holds fixed-length strings (variable-length UTF-8 expected)");
-  Handle mem(H5Tcopy(H5T_C_S1), H5Tclose);
-  H5Tset_size(mem.id, H5T_VARIABLE);
-  H5Tset_cset(mem.id, H5T_CSET_UTF8);
+  const H5T_cset_t cset = H5Tget_cset(stored.id);
+  if (cset != H5T_CSET_UTF8 && cset != H5T_CSET_ASCII)
+    fail(f.path, "dataset '" + name + "' holds strings of an unknown character set (variable-length UTF-8 expected)");
+  // The stored type itself (in memory): libhdf5 then copies each string's bytes. Another
+  // memory type makes it convert every character of every string through its generic,
+  // bit-by-bit integer conversion, which the string's stored type chooses.
+  Handle mem(H5Tcopy(stored.id), H5Tclose);
+  if (mem.id < 0) fail(f.path, "dataset '" + name + "': cannot read its type");
   std::vector<char*> raw(static_cast<size_t>(shape[0]), nullptr);
   if (!raw.empty() && H5Dread(ds.id, mem.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data()) < 0)
     fail(f.path, "cannot read strings of dataset '" + name + "' (variable-length UTF-8 expected)");
