@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -355,6 +356,36 @@ TEST_F(WeightsFile, HangingGlobalHeapWithReservedBytesSetIsRefusedAtOnce) {
   EXPECT_EQ(e.rfind(path + ": corrupt global heap at byte " + std::to_string(base) + ": object 0 of 0 bytes", 0), 0u)
       << e;
   EXPECT_LT(seconds, 10.0);
+}
+
+// A class name whose stored length is larger than the file is refused before libhdf5
+// reads it (libhdf5 1.10 would first allocate and clear that many bytes), quickly.
+TEST_F(WeightsFile, StringLongerThanTheFileIsRefusedBeforeReading) {
+  haddr_t at = HADDR_UNDEF;
+  {
+    const hid_t f = H5Fopen(good_.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    ASSERT_GE(f, 0);
+    const hid_t ds = H5Dopen2(f, "class_names", H5P_DEFAULT);
+    ASSERT_GE(ds, 0);
+    at = H5Dget_offset(ds);
+    H5Dclose(ds);
+    H5Fclose(f);
+  }
+  ASSERT_NE(at, HADDR_UNDEF);
+  std::ifstream in(good_, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t entry = 16;  // the length (4 bytes), the heap's address (8), the object's index (4)
+  const uint32_t length = 0x7fffff00u;
+  std::memcpy(bytes.data() + at + 3 * entry, &length, sizeof(length));  // class 3
+  const std::string path = dir_ + "/long_string.h5";
+  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  const auto start = std::chrono::steady_clock::now();
+  const std::string e = error_of([&] { io::read_weights_meta(path); });
+  EXPECT_EQ(e, path + ": dataset 'class_names': string 3 claims 2147483392 bytes, more than the file holds (corrupt file)");
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 10.0);
+  // The other datasets still read.
+  EXPECT_EQ(io::H5Reader(path).read("features.0.bias").to_vector<float>(),
+            net_->parameter("features.0.bias").to_vector<float>());
 }
 
 // A child that has not finished in its time limit is killed and the file refused. A

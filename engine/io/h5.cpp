@@ -502,6 +502,33 @@ std::vector<int64_t> read_ints(const Source& f, const std::string& name) {
   return out;
 }
 
+// libhdf5 1.10 allocates (and clears) as many bytes as a variable-length string's stored
+// length says before it looks the string up in its heap: a few corrupt bytes cost
+// gigabytes. Where the strings are stored contiguously in the file without a user block
+// (as the engine and h5py write them), each one's stored length (the first 4 bytes of its
+// entry: the length, then the heap collection's address and the object's index) is
+// checked here against the file's size first; a string cannot be longer than the file
+// that holds it. Any other layout is left to libhdf5 (and the child's limits).
+void check_string_lengths(const Source& f, const std::string& name, hid_t ds, int64_t count) {
+  if (count <= 0 || superblock_at(f.image, static_cast<size_t>(f.bytes)) != 0 || f.bytes < 16) return;
+  const size_t offsets = f.image[8] <= 1 ? f.image[13] : f.image[9];  // superblock versions 0-1 / 2-3
+  if (offsets != 2 && offsets != 4 && offsets != 8) return;
+  const uint64_t entry = 4 + offsets + 4;
+  Handle dcpl(H5Dget_create_plist(ds), H5Pclose);
+  if (dcpl.id < 0 || H5Pget_layout(dcpl.id) != H5D_CONTIGUOUS || H5Pget_nfilters(dcpl.id) != 0) return;
+  const haddr_t at = H5Dget_offset(ds);
+  const uint64_t bytes = static_cast<uint64_t>(count) * entry;
+  if (at == HADDR_UNDEF || at > static_cast<uint64_t>(f.bytes) || bytes > static_cast<uint64_t>(f.bytes) - at ||
+      H5Dget_storage_size(ds) != bytes)
+    return;
+  for (int64_t i = 0; i < count; ++i) {
+    const uint64_t length = le(f.image + at + static_cast<uint64_t>(i) * entry, 4);
+    if (length > static_cast<uint64_t>(f.bytes))
+      fail(f.path, "dataset '" + name + "': string " + std::to_string(i) + " claims " + std::to_string(length) +
+                       " bytes, more than the file holds (corrupt file)");
+  }
+}
+
 std::vector<std::string> read_strings(const Source& f, const std::string& name) {
   if (type_of(f, name) != "string") fail(f.path, "dataset '" + name + "' is not a list of strings");
   Handle ds(open_dataset(f, name), H5Dclose);
@@ -521,6 +548,7 @@ std::vector<std::string> read_strings(const Source& f, const std::string& name) 
   // bit-by-bit integer conversion, which the string's stored type chooses.
   Handle mem(H5Tcopy(stored.id), H5Tclose);
   if (mem.id < 0) fail(f.path, "dataset '" + name + "': cannot read its type");
+  check_string_lengths(f, name, ds.id, shape[0]);
   std::vector<char*> raw(static_cast<size_t>(shape[0]), nullptr);
   if (!raw.empty() && H5Dread(ds.id, mem.id, H5S_ALL, H5S_ALL, H5P_DEFAULT, raw.data()) < 0)
     fail(f.path, "cannot read strings of dataset '" + name + "' (variable-length UTF-8 expected)");
