@@ -1,16 +1,155 @@
-// CPU op microbenchmarks on AlexNet's real shapes, with FLOP and byte counters so each
-// row reads as GFLOP/s or GB/s: conv2d forward (im2col + OpenBLAS GEMM), linear
-// forward (OpenBLAS GEMM), max_pool2d and relu.
+// CPU op microbenchmarks on AlexNet's real shapes, each beside its reference in the same
+// run, with the machine's ceilings measured by this program at start-up:
+//   - FMA peak: AVX-512 fused multiply-adds (AVX2 where the CPU has no AVX-512) on
+//     independent registers, on every OpenMP thread; GFLOP/s.
+//   - copy bandwidth: memcpy between two 256 MiB buffers on every thread; bytes read plus
+//     bytes written per second.
+// Every row reports its rate (FLOP/s or B/s) and `peak`, its share of the ceiling that
+// bounds it (compute for convolutions and GEMMs, memory for pooling and ReLU).
+//
+// Rows, at batch 1, 64 and 128:
+//   Conv/<layer>/<impl>: conv1-conv5 forward. impl: `engine` (engine::conv2d: oneDNN with
+//     the engine's NCHW tensors, reordered in and out), `im2col_openblas` (the engine's
+//     im2col + OpenBLAS GEMM path, used for float64 and builds without oneDNN),
+//     `onednn_blocked` (oneDNN's primitive alone, on data already in its blocked layout:
+//     what oneDNN can do without the reorders).
+//   Gemm/<layer>/<impl>: fc6-fc8 forward, y = x W^T + b. impl: `engine`
+//     (engine::linear), `openblas` (cblas_sgemm alone, no bias), `onednn` (dnnl::sgemm).
+//   MaxPool/<layer> (the three pools, forward without the argmax), Relu.
+//
 //   build/bin/bench_cpu_ops --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
+//   (--benchmark_filter=Conv/conv2 and the like for a part)
 #include <benchmark/benchmark.h>
+#include <cblas.h>
+#include <immintrin.h>
+#include <omp.h>
+#if ENGINE_BENCH_HAVE_DNNL
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/random.h"
+#include "kernels/conv.h"
 
 namespace {
 
 using namespace engine;
+
+// ---- ceilings --------------------------------------------------------------------------
+
+double g_fma_peak = 0;  // FLOP/s
+double g_copy_bw = 0;   // B/s
+const char* g_fma_isa = "";
+
+constexpr int kAcc = 12;  // independent accumulators: covers 2 FMA pipes x 4-6 cycles latency
+
+__attribute__((target("avx512f"))) float fma_loop_avx512(int64_t iters) {
+  __m512 acc[kAcc];
+  for (int k = 0; k < kAcc; ++k) acc[k] = _mm512_set1_ps(1.0f + 0.01f * static_cast<float>(k));
+  const __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.001f);  // converges to 1: no overflow
+  for (int64_t i = 0; i < iters; ++i)
+    for (int k = 0; k < kAcc; ++k) acc[k] = _mm512_fmadd_ps(acc[k], a, b);
+  __m512 s = acc[0];
+  for (int k = 1; k < kAcc; ++k) s = _mm512_add_ps(s, acc[k]);
+  float out[16];
+  _mm512_storeu_ps(out, s);
+  float sum = 0;
+  for (float v : out) sum += v;
+  return sum;
+}
+
+__attribute__((target("avx2,fma"))) float fma_loop_avx2(int64_t iters) {
+  __m256 acc[kAcc];
+  for (int k = 0; k < kAcc; ++k) acc[k] = _mm256_set1_ps(1.0f + 0.01f * static_cast<float>(k));
+  const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(0.001f);
+  for (int64_t i = 0; i < iters; ++i)
+    for (int k = 0; k < kAcc; ++k) acc[k] = _mm256_fmadd_ps(acc[k], a, b);
+  float out[8];
+  __m256 s = acc[0];
+  for (int k = 1; k < kAcc; ++k) s = _mm256_add_ps(s, acc[k]);
+  _mm256_storeu_ps(out, s);
+  return out[0] + out[1] + out[2] + out[3] + out[4] + out[5] + out[6] + out[7];
+}
+
+template <typename F> double median_seconds(int runs, F&& f) {
+  std::vector<double> t;
+  for (int r = 0; r < runs; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    f();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+void measure_ceilings() {
+  const bool avx512 = __builtin_cpu_supports("avx512f");
+  g_fma_isa = avx512 ? "AVX-512" : "AVX2";
+  const int lanes = avx512 ? 16 : 8;
+  const int64_t iters = 20'000'000;
+  volatile float sink = 0;
+  const double fma_s = median_seconds(7, [&] {
+    float s = 0;
+#pragma omp parallel reduction(+ : s)
+    s += avx512 ? fma_loop_avx512(iters) : fma_loop_avx2(iters);
+    sink = sink + s;
+  });
+  g_fma_peak = 2.0 * lanes * kAcc * static_cast<double>(iters) * omp_get_max_threads() / fma_s;
+
+  const size_t bytes = size_t{256} << 20;
+  std::unique_ptr<char[]> src(new char[bytes]), dst(new char[bytes]);
+  std::memset(src.get(), 1, bytes);
+  std::memset(dst.get(), 2, bytes);
+  const double copy_s = median_seconds(7, [&] {
+#pragma omp parallel
+    {
+      const size_t t = static_cast<size_t>(omp_get_thread_num()), n = static_cast<size_t>(omp_get_num_threads());
+      const size_t lo = bytes * t / n, hi = bytes * (t + 1) / n;
+      std::memcpy(dst.get() + lo, src.get() + lo, hi - lo);
+    }
+  });
+  g_copy_bw = 2.0 * static_cast<double>(bytes) / copy_s;
+  std::printf("ceilings (%d threads): %s FMA peak %.1f GFLOP/s; memcpy %.1f GB/s (read + write)\n",
+              omp_get_max_threads(), g_fma_isa, g_fma_peak / 1e9, g_copy_bw / 1e9);
+}
+
+// The timed loop of a row: runs `body` as Google Benchmark asks and returns the wall
+// seconds it took, from which the row's share of its ceiling is computed.
+template <typename F> double timed(benchmark::State& state, F&& body) {
+  const auto start = std::chrono::steady_clock::now();
+  for (auto _ : state) body();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+// The rate (a Google Benchmark rate counter) and `peak`, the share of the ceiling.
+void set_flops(benchmark::State& state, double flops_per_iter, double seconds) {
+  state.counters["FLOP/s"] = benchmark::Counter(flops_per_iter, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["peak"] = flops_per_iter * static_cast<double>(state.iterations()) / seconds / g_fma_peak;
+}
+void set_bytes(benchmark::State& state, double bytes_per_iter, double seconds) {
+  state.counters["B/s"] = benchmark::Counter(bytes_per_iter, benchmark::Counter::kIsIterationInvariantRate,
+                                             benchmark::Counter::kIs1024);
+  state.counters["peak"] = bytes_per_iter * static_cast<double>(state.iterations()) / seconds / g_copy_bw;
+}
+
+void BM_Ceiling(benchmark::State& state) {
+  for (auto _ : state) benchmark::DoNotOptimize(g_fma_peak);
+  state.counters["FMA_GFLOP/s"] = g_fma_peak / 1e9;
+  state.counters["copy_GB/s"] = g_copy_bw / 1e9;
+  state.SetLabel(g_fma_isa);
+}
+
+// ---- convolutions ----------------------------------------------------------------------
 
 struct ConvCase {
   int64_t C, H, Co, k, s, p;
@@ -19,59 +158,184 @@ struct ConvCase {
 const ConvCase kConvs[] = {{3, 224, 64, 11, 4, 2}, {64, 27, 192, 5, 1, 2}, {192, 13, 384, 3, 1, 1},
                            {384, 13, 256, 3, 1, 1}, {256, 13, 256, 3, 1, 1}};
 
-void BM_Conv2dForward(benchmark::State& state) {
-  const ConvCase c = kConvs[state.range(0)];
-  const int64_t N = state.range(1);
+kernels::Conv2dShape conv_shape(const ConvCase& c, int64_t N) {
+  const int64_t Ho = (c.H + 2 * c.p - c.k) / c.s + 1;
+  return {N, c.C, c.H, c.H, c.Co, c.k, c.k, c.s, c.s, c.p, c.p, Ho, Ho};
+}
+double conv_flops(const kernels::Conv2dShape& s) { return 2.0 * s.N * s.Co * s.C * s.kh * s.kw * s.Ho * s.Wo; }
+
+void BM_ConvEngine(benchmark::State& state, int layer) {
+  const ConvCase c = kConvs[layer];
+  const int64_t N = state.range(0);
   Generator g(1);
   NoGradGuard ng;
   Tensor x = Tensor::randn({N, c.C, c.H, c.H}, g), w = Tensor::randn({c.Co, c.C, c.k, c.k}, g),
          b = Tensor::randn({c.Co}, g);
-  const int64_t Ho = (c.H + 2 * c.p - c.k) / c.s + 1;
-  for (auto _ : state) benchmark::DoNotOptimize(conv2d(x, w, b, c.s, c.p).raw_data());
-  const double flops = 2.0 * N * c.Co * c.C * c.k * c.k * Ho * Ho;
-  state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel("conv" + std::to_string(state.range(0) + 1));
+  const double sec = timed(state, [&] { benchmark::DoNotOptimize(conv2d(x, w, b, c.s, c.p).raw_data()); });
+  set_flops(state, conv_flops(conv_shape(c, N)), sec);
 }
-BENCHMARK(BM_Conv2dForward)->ArgsProduct({{0, 1, 2, 3, 4}, {1, 16}})->Unit(benchmark::kMillisecond)->UseRealTime();
 
-void BM_LinearForward(benchmark::State& state) {
-  const int64_t in = state.range(0), out = state.range(1), N = state.range(2);
+void BM_ConvIm2col(benchmark::State& state, int layer) {
+  const ConvCase c = kConvs[layer];
+  const kernels::Conv2dShape s = conv_shape(c, state.range(0));
+  Generator g(1);
+  Tensor x = Tensor::randn({s.N, s.C, s.H, s.W}, g), w = Tensor::randn({s.Co, s.C, s.kh, s.kw}, g),
+         b = Tensor::randn({s.Co}, g), y = Tensor::empty({s.N, s.Co, s.Ho, s.Wo});
+  const double sec = timed(state, [&] {
+    kernels::conv2d_forward_cpu<float>(x.data<float>(), w.data<float>(), b.data<float>(), y.data<float>(), s);
+    benchmark::ClobberMemory();
+  });
+  set_flops(state, conv_flops(s), sec);
+}
+
+#if ENGINE_BENCH_HAVE_DNNL
+// oneDNN's forward primitive on inputs already in the layouts it chose: no reorders.
+void BM_ConvOneDnnBlocked(benchmark::State& state, int layer) {
+  using dnnl::algorithm;
+  using dnnl::convolution_forward;
+  using dnnl::memory;
+  using dnnl::prop_kind;
+  const ConvCase c = kConvs[layer];
+  const kernels::Conv2dShape s = conv_shape(c, state.range(0));
+  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  dnnl::stream strm(eng);
+  auto any = [](memory::dims d) { return memory::desc(d, memory::data_type::f32, memory::format_tag::any); };
+  const convolution_forward::desc desc(
+      prop_kind::forward_inference, algorithm::convolution_direct, any({s.N, s.C, s.H, s.W}),
+      any({s.Co, s.C, s.kh, s.kw}), memory::desc({s.Co}, memory::data_type::f32, memory::format_tag::x),
+      any({s.N, s.Co, s.Ho, s.Wo}), {s.sh, s.sw}, {s.ph, s.pw}, {s.ph, s.pw});
+  const convolution_forward::primitive_desc pd(desc, eng);
+  memory src(pd.src_desc(), eng), wei(pd.weights_desc(), eng), dst(pd.dst_desc(), eng);
+  memory bia({{s.Co}, memory::data_type::f32, memory::format_tag::x}, eng);
+  for (memory* m : {&src, &wei, &dst, &bia}) {
+    auto* p = static_cast<float*>(m->get_data_handle());
+    const size_t n = m->get_desc().get_size() / sizeof(float);
+    for (size_t i = 0; i < n; ++i) p[i] = 0.001f * static_cast<float>(static_cast<int>(i % 2001) - 1000);
+  }
+  const convolution_forward prim(pd);
+  const std::unordered_map<int, memory> args{
+      {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_BIAS, bia}, {DNNL_ARG_DST, dst}};
+  const double sec = timed(state, [&] {
+    prim.execute(strm, args);
+    strm.wait();
+  });
+  set_flops(state, conv_flops(s), sec);
+}
+#endif
+
+// ---- fully connected layers ------------------------------------------------------------
+
+struct FcCase {
+  int64_t in, out;
+};
+const FcCase kFcs[] = {{9216, 4096}, {4096, 4096}, {4096, 1000}};
+
+void BM_GemmEngine(benchmark::State& state, int layer) {
+  const FcCase f = kFcs[layer];
+  const int64_t N = state.range(0);
   Generator g(2);
   NoGradGuard ng;
-  Tensor x = Tensor::randn({N, in}, g), w = Tensor::randn({out, in}, g), b = Tensor::randn({out}, g);
-  for (auto _ : state) benchmark::DoNotOptimize(linear(x, w, b).raw_data());
-  state.counters["FLOP/s"] = benchmark::Counter(2.0 * N * in * out, benchmark::Counter::kIsIterationInvariantRate);
+  Tensor x = Tensor::randn({N, f.in}, g), w = Tensor::randn({f.out, f.in}, g), b = Tensor::randn({f.out}, g);
+  const double sec = timed(state, [&] { benchmark::DoNotOptimize(linear(x, w, b).raw_data()); });
+  set_flops(state, 2.0 * N * f.in * f.out, sec);
 }
-BENCHMARK(BM_LinearForward)
-    ->ArgsProduct({{9216}, {4096}, {1, 64}})
-    ->Args({4096, 4096, 64})
-    ->Args({4096, 1000, 64})
-    ->Unit(benchmark::kMillisecond)
-    ->UseRealTime();
 
-void BM_MaxPool2d(benchmark::State& state) {
+void BM_GemmOpenBlas(benchmark::State& state, int layer) {
+  const FcCase f = kFcs[layer];
   const int64_t N = state.range(0);
+  Generator g(2);
+  Tensor x = Tensor::randn({N, f.in}, g), w = Tensor::randn({f.out, f.in}, g), y = Tensor::empty({N, f.out});
+  const double sec = timed(state, [&] {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(N), static_cast<int>(f.out),
+                static_cast<int>(f.in), 1.0f, x.data<float>(), static_cast<int>(f.in), w.data<float>(),
+                static_cast<int>(f.in), 0.0f, y.data<float>(), static_cast<int>(f.out));
+    benchmark::ClobberMemory();
+  });
+  set_flops(state, 2.0 * N * f.in * f.out, sec);
+}
+
+#if ENGINE_BENCH_HAVE_DNNL
+void BM_GemmOneDnn(benchmark::State& state, int layer) {
+  const FcCase f = kFcs[layer];
+  const int64_t N = state.range(0);
+  Generator g(2);
+  Tensor x = Tensor::randn({N, f.in}, g), w = Tensor::randn({f.out, f.in}, g), y = Tensor::empty({N, f.out});
+  const double sec = timed(state, [&] {
+    const dnnl_status_t st = dnnl_sgemm('N', 'T', N, f.out, f.in, 1.0f, x.data<float>(), f.in, w.data<float>(),
+                                        f.in, 0.0f, y.data<float>(), f.out);
+    if (st != dnnl_success) state.SkipWithError("dnnl_sgemm failed");
+    benchmark::ClobberMemory();
+  });
+  set_flops(state, 2.0 * N * f.in * f.out, sec);
+}
+#endif
+
+// ---- memory-bound ops ------------------------------------------------------------------
+
+struct PoolCase {
+  int64_t C, H;
+};
+// AlexNet's three max-pools (3x3, stride 2): after conv1, conv2 and conv5.
+const PoolCase kPools[] = {{64, 55}, {192, 27}, {256, 13}};
+
+void BM_MaxPool(benchmark::State& state, int layer) {
+  const PoolCase p = kPools[layer];
+  const int64_t N = state.range(0), Ho = (p.H - 3) / 2 + 1;
   Generator g(3);
   NoGradGuard ng;
-  Tensor x = Tensor::randn({N, 64, 55, 55}, g);
-  for (auto _ : state) benchmark::DoNotOptimize(max_pool2d(x, 3, 2).raw_data());
-  state.counters["B/s"] = benchmark::Counter(static_cast<double>(x.numel()) * 4 * (1 + 0.25 * 3),
-                                             benchmark::Counter::kIsIterationInvariantRate,
-                                             benchmark::Counter::kIs1024);
+  Tensor x = Tensor::randn({N, p.C, p.H, p.H}, g);
+  const double sec = timed(state, [&] { benchmark::DoNotOptimize(max_pool2d(x, 3, 2).raw_data()); });
+  set_bytes(state, 4.0 * N * p.C * (p.H * p.H + Ho * Ho), sec);  // the input read, the output written
 }
-BENCHMARK(BM_MaxPool2d)->Arg(1)->Arg(16)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 void BM_Relu(benchmark::State& state) {
   Generator g(4);
   NoGradGuard ng;
   Tensor x = Tensor::randn({state.range(0)}, g);
-  for (auto _ : state) benchmark::DoNotOptimize(relu(x).raw_data());
-  state.counters["B/s"] = benchmark::Counter(static_cast<double>(x.numel()) * 8,
-                                             benchmark::Counter::kIsIterationInvariantRate,
-                                             benchmark::Counter::kIs1024);
+  const double sec = timed(state, [&] { benchmark::DoNotOptimize(relu(x).raw_data()); });
+  set_bytes(state, 8.0 * static_cast<double>(x.numel()), sec);
 }
-BENCHMARK(BM_Relu)->Arg(1 << 16)->Arg(1 << 22)->UseRealTime();
+
+void register_all() {
+  const std::vector<int64_t> batches = {1, 64, 128};
+  benchmark::RegisterBenchmark("Ceiling", BM_Ceiling)->Iterations(1);
+  for (int l = 0; l < 5; ++l) {
+    const std::string name = "Conv/conv" + std::to_string(l + 1) + "/";
+    for (auto [impl, fn] : {std::pair{"engine", BM_ConvEngine}, std::pair{"im2col_openblas", BM_ConvIm2col},
+#if ENGINE_BENCH_HAVE_DNNL
+                            std::pair{"onednn_blocked", BM_ConvOneDnnBlocked}
+#endif
+                           })
+      for (int64_t n : batches)
+        benchmark::RegisterBenchmark((name + impl).c_str(), fn, l)->Arg(n)->Unit(benchmark::kMillisecond)->UseRealTime();
+  }
+  for (int l = 0; l < 3; ++l) {
+    const std::string name = "Gemm/fc" + std::to_string(l + 6) + "/";
+    for (auto [impl, fn] : {std::pair{"engine", BM_GemmEngine}, std::pair{"openblas", BM_GemmOpenBlas},
+#if ENGINE_BENCH_HAVE_DNNL
+                            std::pair{"onednn", BM_GemmOneDnn}
+#endif
+                           })
+      for (int64_t n : batches)
+        benchmark::RegisterBenchmark((name + impl).c_str(), fn, l)->Arg(n)->Unit(benchmark::kMillisecond)->UseRealTime();
+  }
+  for (int l = 0; l < 3; ++l)
+    for (int64_t n : batches)
+      benchmark::RegisterBenchmark(("MaxPool/pool" + std::to_string(l + 1)).c_str(), BM_MaxPool, l)
+          ->Arg(n)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+  benchmark::RegisterBenchmark("Relu", BM_Relu)->Arg(1 << 16)->Arg(1 << 22)->Arg(1 << 25)->UseRealTime();
+}
 
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  measure_ceilings();
+  register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

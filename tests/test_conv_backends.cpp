@@ -14,41 +14,70 @@ namespace {
 using Case = testing_util::ConvCase;
 const auto shape_of = testing_util::conv_shape;
 
+// Random inputs from `seed`; the reference results (im2col + GEMM) and oneDNN's, forward
+// and all three gradients, compared.
+struct Compared {
+  Tensor x, w, b, gy, gx, gw, gb;  // inputs, and the reference gradients
+  double tol_x = 0, tol_w = 0;
+};
+Compared compare_forward_and_backward(const kernels::Conv2dShape& s, uint64_t seed) {
+  Compared c;
+  c.x = testing_util::randn({s.N, s.C, s.H, s.W}, seed, DType::F32);
+  c.w = testing_util::randn({s.Co, s.C, s.kh, s.kw}, seed + 1, DType::F32);
+  c.b = testing_util::randn({s.Co}, seed + 2, DType::F32);
+  c.gy = testing_util::randn({s.N, s.Co, s.Ho, s.Wo}, seed + 3, DType::F32);
+  const float *x = c.x.data<float>(), *w = c.w.data<float>(), *gy = c.gy.data<float>();
+  Tensor y1 = Tensor::empty(c.gy.shape()), y2 = Tensor::empty(c.gy.shape());
+  kernels::conv2d_forward_cpu<float>(x, w, c.b.data<float>(), y1.data<float>(), s);
+  kernels::conv2d_forward_dnnl(x, w, c.b.data<float>(), y2.data<float>(), s);
+  EXPECT_ALL_CLOSE(y2, y1, 1e-4, 2e-5 * std::sqrt(static_cast<double>(s.C * s.kh * s.kw)));
+
+  c.gx = Tensor::empty(c.x.shape()), c.gw = Tensor::empty(c.w.shape()), c.gb = Tensor::empty(c.b.shape());
+  Tensor gx2 = Tensor::full(c.x.shape(), 7.0), gw2 = Tensor::full(c.w.shape(), 7.0);
+  Tensor gb2 = Tensor::full(c.b.shape(), 7.0);
+  kernels::conv2d_backward_cpu<float>(x, w, gy, c.gx.data<float>(), c.gw.data<float>(), c.gb.data<float>(), s);
+  kernels::conv2d_backward_dnnl(x, w, gy, gx2.data<float>(), gw2.data<float>(), gb2.data<float>(), s);
+  c.tol_x = 2e-5 * std::sqrt(static_cast<double>(s.Co * s.kh * s.kw));
+  c.tol_w = 2e-5 * std::sqrt(static_cast<double>(s.N * s.Ho * s.Wo));
+  EXPECT_ALL_CLOSE(gx2, c.gx, 1e-4, c.tol_x);
+  EXPECT_ALL_CLOSE(gw2, c.gw, 1e-4, c.tol_w);
+  EXPECT_ALL_CLOSE(gb2, c.gb, 1e-4, c.tol_w);
+  return c;
+}
+
 class ConvBackends : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ConvBackends, OneDnnMatchesIm2col) {
   if (!kernels::conv2d_dnnl_available()) GTEST_SKIP() << "built without oneDNN";
   const kernels::Conv2dShape s = shape_of(GetParam());
-  const Tensor x = testing_util::randn({s.N, s.C, s.H, s.W}, 1, DType::F32);
-  const Tensor w = testing_util::randn({s.Co, s.C, s.kh, s.kw}, 2, DType::F32);
-  const Tensor b = testing_util::randn({s.Co}, 3, DType::F32);
-  const Tensor gy = testing_util::randn({s.N, s.Co, s.Ho, s.Wo}, 4, DType::F32);
-  Tensor y1 = Tensor::empty(gy.shape()), y2 = Tensor::empty(gy.shape());
-  kernels::conv2d_forward_cpu<float>(x.data<float>(), w.data<float>(), b.data<float>(), y1.data<float>(), s);
-  kernels::conv2d_forward_dnnl(x.data<float>(), w.data<float>(), b.data<float>(), y2.data<float>(), s);
-  const double tol = 2e-5 * std::sqrt(static_cast<double>(s.C * s.kh * s.kw));
-  EXPECT_ALL_CLOSE(y2, y1, 1e-4, tol);
-
-  Tensor gx1 = Tensor::empty(x.shape()), gw1 = Tensor::empty(w.shape()), gb1 = Tensor::empty(b.shape());
-  Tensor gx2 = Tensor::full(x.shape(), 7.0), gw2 = Tensor::full(w.shape(), 7.0), gb2 = Tensor::full(b.shape(), 7.0);
-  kernels::conv2d_backward_cpu<float>(x.data<float>(), w.data<float>(), gy.data<float>(), gx1.data<float>(),
-                                      gw1.data<float>(), gb1.data<float>(), s);
-  kernels::conv2d_backward_dnnl(x.data<float>(), w.data<float>(), gy.data<float>(), gx2.data<float>(),
-                                gw2.data<float>(), gb2.data<float>(), s);
-  const double tol_w = 2e-5 * std::sqrt(static_cast<double>(s.N * s.Ho * s.Wo));
-  EXPECT_ALL_CLOSE(gx2, gx1, 1e-4, 2e-5 * std::sqrt(static_cast<double>(s.Co * s.kh * s.kw)));
-  EXPECT_ALL_CLOSE(gw2, gw1, 1e-4, tol_w);
-  EXPECT_ALL_CLOSE(gb2, gb1, 1e-4, tol_w);
+  const Compared c = compare_forward_and_backward(s, 1);
 
   // Each gradient alone (the others not requested).
-  Tensor only_gx = Tensor::full(x.shape(), 7.0), only_gw = Tensor::full(w.shape(), 7.0);
-  Tensor only_gb = Tensor::full(b.shape(), 7.0);
-  kernels::conv2d_backward_dnnl(nullptr, w.data<float>(), gy.data<float>(), only_gx.data<float>(), nullptr, nullptr, s);
-  kernels::conv2d_backward_dnnl(x.data<float>(), nullptr, gy.data<float>(), nullptr, only_gw.data<float>(), nullptr, s);
-  kernels::conv2d_backward_dnnl(nullptr, nullptr, gy.data<float>(), nullptr, nullptr, only_gb.data<float>(), s);
-  EXPECT_ALL_CLOSE(only_gx, gx1, 1e-4, 2e-5 * std::sqrt(static_cast<double>(s.Co * s.kh * s.kw)));
-  EXPECT_ALL_CLOSE(only_gw, gw1, 1e-4, tol_w);
-  EXPECT_ALL_CLOSE(only_gb, gb1, 1e-4, tol_w);
+  Tensor only_gx = Tensor::full(c.x.shape(), 7.0), only_gw = Tensor::full(c.w.shape(), 7.0);
+  Tensor only_gb = Tensor::full(c.b.shape(), 7.0);
+  const float *x = c.x.data<float>(), *w = c.w.data<float>(), *gy = c.gy.data<float>();
+  kernels::conv2d_backward_dnnl(nullptr, w, gy, only_gx.data<float>(), nullptr, nullptr, s);
+  kernels::conv2d_backward_dnnl(x, nullptr, gy, nullptr, only_gw.data<float>(), nullptr, s);
+  kernels::conv2d_backward_dnnl(nullptr, nullptr, gy, nullptr, nullptr, only_gb.data<float>(), s);
+  EXPECT_ALL_CLOSE(only_gx, c.gx, 1e-4, c.tol_x);
+  EXPECT_ALL_CLOSE(only_gw, c.gw, 1e-4, c.tol_w);
+  EXPECT_ALL_CLOSE(only_gb, c.gb, 1e-4, c.tol_w);
+}
+
+// oneDNN's path keeps its primitives per shape and its blocked copies in buffers shared
+// by all shapes (the data gradient's copy of gy is used again by the weight gradient):
+// shapes taken in turn, small after large, each time with new data, still agree with
+// im2col + GEMM.
+TEST(ConvBackendsReuse, InterleavedShapesWithNewDataMatchIm2col) {
+  if (!kernels::conv2d_dnnl_available()) GTEST_SKIP() << "built without oneDNN";
+  const Case cases[] = {Case{2, 16, 13, 13, 24, 3, 3, 1, 1, 1, 1}, Case{3, 3, 45, 41, 32, 11, 11, 4, 4, 2, 2},
+                        Case{1, 24, 9, 9, 16, 3, 3, 2, 2, 0, 0}};
+  uint64_t seed = 100;
+  for (int round = 0; round < 3; ++round)
+    for (const Case& c : cases) {
+      compare_forward_and_backward(shape_of(c), seed);
+      seed += 4;
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(

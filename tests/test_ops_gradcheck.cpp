@@ -234,6 +234,69 @@ TEST(MaxPool2d, CeilModeShapesMatchPyTorch) {
   }
 }
 
+// Without a graph max_pool2d takes another path (no argmax; the windows inside the row
+// in a vectorised loop). Both must give the same values as a plain scan of each window,
+// bit for bit, with ties (values from a small set) and NaNs (which win, as in PyTorch),
+// for the shapes of AlexNet and SqueezeNet and for padding, ceil_mode and other strides.
+TEST(MaxPool2d, WithAndWithoutAGraphEqualAPlainScan) {
+  struct C {
+    int64_t H, W, kh, kw, sh, sw, ph, pw;
+    bool ceil;
+  };
+  const C cases[] = {{55, 55, 3, 3, 2, 2, 0, 0, false}, {27, 27, 3, 3, 2, 2, 0, 0, false},
+                     {13, 13, 3, 3, 2, 2, 0, 0, false}, {111, 111, 3, 3, 2, 2, 0, 0, true},
+                     {14, 15, 3, 3, 2, 2, 1, 1, true},   {9, 10, 2, 2, 1, 1, 0, 0, false},
+                     {7, 9, 3, 2, 2, 1, 1, 0, false},    {8, 13, 3, 4, 3, 3, 1, 2, true}};
+  uint64_t seed = 420;
+  for (const C& c : cases) {
+    for (DType dt : {DType::F32, DType::F64}) {
+      SCOPED_TRACE(::testing::Message() << c.H << "x" << c.W << " k" << c.kh << "x" << c.kw << " s" << c.sh << "x"
+                                        << c.sw << " p" << c.ph << "x" << c.pw << " ceil " << c.ceil << " "
+                                        << (dt == DType::F32 ? "f32" : "f64"));
+      const Shape shape{2, 3, c.H, c.W};
+      std::vector<double> v = randn(shape, ++seed).to_vector<double>();
+      for (size_t i = 0; i < v.size(); ++i) v[i] = i % 37 == 5 ? std::nan("") : std::round(v[i] * 2);  // ties
+      const Tensor x = Tensor::from_vector(shape, v).to(dt);
+      Tensor with_graph;
+      {
+        const Tensor xl = x.detach().requires_grad_();
+        with_graph = max_pool2d(xl, Size2(c.kh, c.kw), Size2(c.sh, c.sw), Size2(c.ph, c.pw), c.ceil).detach();
+      }
+      Tensor without;
+      {
+        NoGradGuard ng;
+        without = max_pool2d(x, Size2(c.kh, c.kw), Size2(c.sh, c.sw), Size2(c.ph, c.pw), c.ceil);
+      }
+      ASSERT_EQ(with_graph.shape(), without.shape());
+      const int64_t Ho = without.size(2), Wo = without.size(3);
+      const std::vector<double> a = with_graph.to_vector<double>(), b = without.to_vector<double>();
+      size_t nans = 0;
+      for (int64_t pl = 0; pl < 6; ++pl)
+        for (int64_t oh = 0; oh < Ho; ++oh)
+          for (int64_t ow = 0; ow < Wo; ++ow) {
+            double best = 0;
+            bool any = false;
+            for (int64_t i = oh * c.sh - c.ph; i < oh * c.sh - c.ph + c.kh; ++i)
+              for (int64_t j = ow * c.sw - c.pw; j < ow * c.sw - c.pw + c.kw; ++j) {
+                if (i < 0 || i >= c.H || j < 0 || j >= c.W) continue;
+                const double e = v[static_cast<size_t>((pl * c.H + i) * c.W + j)];
+                if (!any || e > best || std::isnan(e)) best = e;
+                any = true;
+              }
+            const size_t k = static_cast<size_t>((pl * Ho + oh) * Wo + ow);
+            if (std::isnan(best)) {
+              ++nans;
+              EXPECT_TRUE(std::isnan(a[k]) && std::isnan(b[k])) << pl << " " << oh << " " << ow;
+            } else {
+              EXPECT_EQ(a[k], best) << pl << " " << oh << " " << ow;
+              EXPECT_EQ(b[k], best) << pl << " " << oh << " " << ow;
+            }
+          }
+      EXPECT_GT(nans, 0u);
+    }
+  }
+}
+
 // ---- adaptive_avg_pool2d ----------------------------------------------------------------
 
 TEST(AdaptiveAvgPool2d, GradcheckSmallerNonDivisible7x9To3x4F64) { adaptive_check({2, 3, 7, 9}, Size2(3, 4), 500); }

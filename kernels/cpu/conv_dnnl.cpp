@@ -1,11 +1,24 @@
 // float32 conv2d through oneDNN (Debian's libdnnl), the CPU counterpart of cuDNN on the
 // GPU: forward, backward-data and backward-weights (with the bias gradient). The
 // primitives choose their own blocked layouts (format "any"); activations and weights
-// are reordered from and to the engine's NCHW / OIHW around each call. oneDNN caches the
-// compiled primitives itself, keyed by shape.
+// are reordered from and to the engine's NCHW / OIHW around each call.
+//
+// Everything a call needs besides the data is made once per shape and kept: the
+// primitive descriptors, the primitives and the reorders (oneDNN would find the compiled
+// kernels in its own cache, but a primitive descriptor is searched for anew each time it
+// is made). The blocked copies live in three scratch buffers that grow to the largest
+// shape seen and are reused by every call: fresh buffers of tens of MB per call cost a
+// page fault per 4 KiB page, every time. Calls are serialised by one lock (the scratch
+// buffers and caches are shared), which costs nothing here: each call already uses every
+// core.
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <cstdlib>
+#include <cstring>
+#include <memory>
 #include <mutex>
+#include <new>
+#include <optional>
 #include <unordered_map>
 
 #include "kernels/conv.h"
@@ -16,6 +29,9 @@ namespace {
 using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
+using Fwd = dnnl::convolution_forward;
+using Bwd = dnnl::convolution_backward_data;
+using Bww = dnnl::convolution_backward_weights;
 
 struct Context {
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
@@ -35,23 +51,152 @@ Descs descs(const Conv2dShape& s) {
           {s.sh, s.sw},         {s.ph, s.pw},           {s.ph, s.pw}};
 }
 memory::desc any(const memory::dims& d) { return memory::desc(d, dt::f32, tag::any); }
+memory::desc nchw(const memory::dims& d) { return memory::desc(d, dt::f32, tag::nchw); }
+memory::desc oihw(const memory::dims& d) { return memory::desc(d, dt::f32, tag::oihw); }
 
-// `user` in the layout `want`: the same memory when it already is, else a reordered copy.
-memory in_layout(const memory& user, const memory::desc& want) {
-  if (user.get_desc() == want) return user;
-  memory m(want, ctx().eng);
-  dnnl::reorder(user, m).execute(ctx().strm, const_cast<memory&>(user), m);
-  return m;
+// One scratch buffer, 64-byte aligned, grown (never shrunk) to the largest request.
+class Scratch {
+ public:
+  void* get(size_t bytes) {
+    if (bytes > size_) {
+      const size_t rounded = (bytes + 4095) / 4096 * 4096;
+      void* p = std::aligned_alloc(64, rounded);
+      if (p == nullptr) throw std::bad_alloc();
+      data_.reset(p);
+      size_ = rounded;
+    }
+    return data_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  std::unique_ptr<void, Free> data_;
+  size_t size_ = 0;
+};
+// The blocked copies of one call: the input-side activation (src or diff_src), the
+// weights (or their gradient) and the output-side activation (dst or diff_dst).
+enum Slot { kSrc, kWei, kDst, kSlots };
+Scratch& scratch(Slot slot) {
+  static Scratch s[kSlots];
+  return s[slot];
 }
 
-dnnl::convolution_forward::primitive_desc forward_pd(const Descs& d, bool bias) {
-  using cf = dnnl::convolution_forward;
-  const auto desc = bias ? cf::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-                                    any(d.src), any(d.wei), memory::desc(d.bia, dt::f32, tag::x), any(d.dst),
-                                    d.strides, d.pad_l, d.pad_r)
-                         : cf::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-                                    any(d.src), any(d.wei), any(d.dst), d.strides, d.pad_l, d.pad_r);
-  return cf::primitive_desc(desc, ctx().eng);
+// A tensor in the engine's layout (`user`), and the primitive's layout for it: when they
+// differ, a reorder between them (into the primitive's layout for an input, out of it for
+// an output) and the scratch slot that holds the blocked copy.
+struct Operand {
+  memory::desc user, want;
+  std::optional<dnnl::reorder> convert;
+  Slot slot = kSrc;
+
+  Operand() = default;
+  Operand(const memory::desc& user_desc, const memory::desc& want_desc, Slot s, bool input)
+      : user(user_desc), want(want_desc), slot(s) {
+    if (user == want) return;
+    auto& eng = ctx().eng;
+    convert = input ? dnnl::reorder(dnnl::reorder::primitive_desc(eng, user, eng, want))
+                    : dnnl::reorder(dnnl::reorder::primitive_desc(eng, want, eng, user));
+  }
+  // The memory the primitive reads or writes; an input is converted into it first, unless
+  // `converted` (its slot already holds it, converted by the call before).
+  memory prepare(void* data, bool input, bool converted = false) const {
+    auto& eng = ctx().eng;
+    memory u(user, eng, data);
+    if (!convert) return u;
+    memory m(want, eng, scratch(slot).get(want.get_size()));
+    if (input && !converted) convert->execute(ctx().strm, u, m);
+    return m;
+  }
+  // After the primitive ran: an output in a blocked layout is converted into `data`.
+  void finish(const memory& m, void* data) const {
+    if (!convert) return;
+    memory u(user, ctx().eng, data);
+    convert->execute(ctx().strm, const_cast<memory&>(m), u);
+  }
+};
+
+struct Key {
+  Conv2dShape s;
+  bool bias;
+  bool operator==(const Key& o) const {
+    return bias == o.bias && std::memcmp(&s, &o.s, sizeof(s)) == 0;  // all int64_t: no padding
+  }
+};
+struct KeyHash {
+  size_t operator()(const Key& k) const {
+    const auto* v = reinterpret_cast<const int64_t*>(&k.s);
+    size_t h = k.bias ? 0x9e3779b97f4a7c15ull : 0;
+    for (size_t i = 0; i < sizeof(k.s) / sizeof(int64_t); ++i) h = (h ^ static_cast<size_t>(v[i])) * 0x100000001b3ull;
+    return h;
+  }
+};
+static_assert(sizeof(Conv2dShape) % sizeof(int64_t) == 0, "Conv2dShape is compared and hashed as int64_t words");
+
+Fwd::primitive_desc forward_pd(const Descs& d, bool bias) {
+  const auto desc = bias ? Fwd::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+                                     any(d.src), any(d.wei), memory::desc(d.bia, dt::f32, tag::x), any(d.dst),
+                                     d.strides, d.pad_l, d.pad_r)
+                         : Fwd::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+                                     any(d.src), any(d.wei), any(d.dst), d.strides, d.pad_l, d.pad_r);
+  return Fwd::primitive_desc(desc, ctx().eng);
+}
+
+struct Forward {
+  Fwd prim;
+  Operand src, wei, dst;
+  explicit Forward(const Key& k) {
+    const Descs d = descs(k.s);
+    const auto pd = forward_pd(d, k.bias);
+    prim = Fwd(pd);
+    src = Operand(nchw(d.src), pd.src_desc(), kSrc, true);
+    wei = Operand(oihw(d.wei), pd.weights_desc(), kWei, true);
+    dst = Operand(nchw(d.dst), pd.dst_desc(), kDst, false);
+  }
+};
+
+struct BackwardData {
+  Bwd prim;
+  Operand wei, gy, gx;
+  explicit BackwardData(const Key& k) {
+    const Descs d = descs(k.s);
+    const Bwd::primitive_desc pd(Bwd::desc(dnnl::algorithm::convolution_direct, any(d.src), any(d.wei), any(d.dst),
+                                           d.strides, d.pad_l, d.pad_r),
+                                 ctx().eng, forward_pd(d, k.bias));
+    prim = Bwd(pd);
+    wei = Operand(oihw(d.wei), pd.weights_desc(), kWei, true);
+    gy = Operand(nchw(d.dst), pd.diff_dst_desc(), kDst, true);
+    gx = Operand(nchw(d.src), pd.diff_src_desc(), kSrc, false);
+  }
+};
+
+struct BackwardWeights {
+  Bww prim;
+  Operand src, gy, gw;
+  explicit BackwardWeights(const Key& k) {
+    const Descs d = descs(k.s);
+    const auto desc = k.bias ? Bww::desc(dnnl::algorithm::convolution_direct, any(d.src), any(d.wei),
+                                         memory::desc(d.bia, dt::f32, tag::x), any(d.dst), d.strides, d.pad_l,
+                                         d.pad_r)
+                             : Bww::desc(dnnl::algorithm::convolution_direct, any(d.src), any(d.wei), any(d.dst),
+                                         d.strides, d.pad_l, d.pad_r);
+    const Bww::primitive_desc pd(desc, ctx().eng, forward_pd(d, k.bias));
+    prim = Bww(pd);
+    src = Operand(nchw(d.src), pd.src_desc(), kSrc, true);
+    gy = Operand(nchw(d.dst), pd.diff_dst_desc(), kDst, true);
+    gw = Operand(oihw(d.wei), pd.diff_weights_desc(), kWei, false);
+  }
+};
+
+// The prepared calls of each shape. A program sees a handful of shapes; the caches are
+// emptied if one ever holds more than kMaxShapes (a caller cycling through many sizes).
+constexpr size_t kMaxShapes = 256;
+template <typename T> T& prepared(std::unordered_map<Key, std::unique_ptr<T>, KeyHash>& cache, const Key& k) {
+  auto it = cache.find(k);
+  if (it != cache.end()) return *it->second;
+  if (cache.size() >= kMaxShapes) cache.clear();
+  return *cache.emplace(k, std::make_unique<T>(k)).first->second;
 }
 
 std::mutex& mu() {
@@ -65,58 +210,46 @@ bool conv2d_dnnl_available() { return true; }
 
 void conv2d_forward_dnnl(const float* x, const float* w, const float* b, float* y, const Conv2dShape& s) {
   std::lock_guard<std::mutex> lock(mu());
-  const Descs d = descs(s);
-  auto& eng = ctx().eng;
-  const auto pd = forward_pd(d, b != nullptr);
-  memory src_u({d.src, dt::f32, tag::nchw}, eng, const_cast<float*>(x));
-  memory wei_u({d.wei, dt::f32, tag::oihw}, eng, const_cast<float*>(w));
-  memory dst_u({d.dst, dt::f32, tag::nchw}, eng, y);
-  memory src = in_layout(src_u, pd.src_desc()), wei = in_layout(wei_u, pd.weights_desc());
-  memory dst = pd.dst_desc() == dst_u.get_desc() ? dst_u : memory(pd.dst_desc(), eng);
+  static std::unordered_map<Key, std::unique_ptr<Forward>, KeyHash> cache;
+  const Forward& f = prepared(cache, Key{s, b != nullptr});
+  const memory src = f.src.prepare(const_cast<float*>(x), true);
+  const memory wei = f.wei.prepare(const_cast<float*>(w), true);
+  const memory dst = f.dst.prepare(y, false);
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}};
-  if (b != nullptr) args[DNNL_ARG_BIAS] = memory({d.bia, dt::f32, tag::x}, eng, const_cast<float*>(b));
-  dnnl::convolution_forward(pd).execute(ctx().strm, args);
-  if (dst != dst_u) dnnl::reorder(dst, dst_u).execute(ctx().strm, dst, dst_u);
+  if (b != nullptr) args[DNNL_ARG_BIAS] = memory({{s.Co}, dt::f32, tag::x}, ctx().eng, const_cast<float*>(b));
+  f.prim.execute(ctx().strm, args);
+  f.dst.finish(dst, y);
   ctx().strm.wait();
 }
 
 void conv2d_backward_dnnl(const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
                           const Conv2dShape& s) {
   std::lock_guard<std::mutex> lock(mu());
-  const Descs d = descs(s);
-  auto& eng = ctx().eng;
   auto& strm = ctx().strm;
-  const auto fwd = forward_pd(d, gb != nullptr);
-  memory gy_u({d.dst, dt::f32, tag::nchw}, eng, const_cast<float*>(gy));
-
+  const BackwardData* data = nullptr;
   if (gx != nullptr) {
-    using bd = dnnl::convolution_backward_data;
-    const bd::primitive_desc pd(bd::desc(dnnl::algorithm::convolution_direct, any(d.src), any(d.wei), any(d.dst),
-                                         d.strides, d.pad_l, d.pad_r),
-                                eng, fwd);
-    memory wei_u({d.wei, dt::f32, tag::oihw}, eng, const_cast<float*>(w));
-    memory gx_u({d.src, dt::f32, tag::nchw}, eng, gx);
-    memory wei = in_layout(wei_u, pd.weights_desc()), gyy = in_layout(gy_u, pd.diff_dst_desc());
-    memory gxx = pd.diff_src_desc() == gx_u.get_desc() ? gx_u : memory(pd.diff_src_desc(), eng);
-    bd(pd).execute(strm, {{DNNL_ARG_DIFF_DST, gyy}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, gxx}});
-    if (gxx != gx_u) dnnl::reorder(gxx, gx_u).execute(strm, gxx, gx_u);
+    static std::unordered_map<Key, std::unique_ptr<BackwardData>, KeyHash> cache;
+    const BackwardData& p = prepared(cache, Key{s, false});
+    data = &p;
+    const memory wei = p.wei.prepare(const_cast<float*>(w), true);
+    const memory gyy = p.gy.prepare(const_cast<float*>(gy), true);
+    const memory gxx = p.gx.prepare(gx, false);
+    p.prim.execute(strm, {{DNNL_ARG_DIFF_DST, gyy}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DIFF_SRC, gxx}});
+    p.gx.finish(gxx, gx);
   }
   if (gw != nullptr) {
-    using bw = dnnl::convolution_backward_weights;
-    const auto desc = gb != nullptr
-                          ? bw::desc(dnnl::algorithm::convolution_direct, any(d.src), any(d.wei),
-                                     memory::desc(d.bia, dt::f32, tag::x), any(d.dst), d.strides, d.pad_l, d.pad_r)
-                          : bw::desc(dnnl::algorithm::convolution_direct, any(d.src), any(d.wei), any(d.dst),
-                                     d.strides, d.pad_l, d.pad_r);
-    const bw::primitive_desc pd(desc, eng, fwd);
-    memory src_u({d.src, dt::f32, tag::nchw}, eng, const_cast<float*>(x));
-    memory gw_u({d.wei, dt::f32, tag::oihw}, eng, gw);
-    memory src = in_layout(src_u, pd.src_desc()), gyy = in_layout(gy_u, pd.diff_dst_desc());
-    memory gww = pd.diff_weights_desc() == gw_u.get_desc() ? gw_u : memory(pd.diff_weights_desc(), eng);
+    static std::unordered_map<Key, std::unique_ptr<BackwardWeights>, KeyHash> cache;
+    const BackwardWeights& p = prepared(cache, Key{s, gb != nullptr});
+    const memory src = p.src.prepare(const_cast<float*>(x), true);
+    // The blocked copy of gy that the data gradient made is still in its slot (that call
+    // wrote only gx's slot): used again when both want the same layout.
+    const bool gy_ready = data != nullptr && data->gy.convert && p.gy.convert && data->gy.want == p.gy.want;
+    const memory gyy = p.gy.prepare(const_cast<float*>(gy), true, gy_ready);
+    const memory gww = p.gw.prepare(gw, false);
     std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, gyy}, {DNNL_ARG_DIFF_WEIGHTS, gww}};
-    if (gb != nullptr) args[DNNL_ARG_DIFF_BIAS] = memory({d.bia, dt::f32, tag::x}, eng, gb);
-    bw(pd).execute(strm, args);
-    if (gww != gw_u) dnnl::reorder(gww, gw_u).execute(strm, gww, gw_u);
+    if (gb != nullptr) args[DNNL_ARG_DIFF_BIAS] = memory({{s.Co}, dt::f32, tag::x}, ctx().eng, gb);
+    p.prim.execute(strm, args);
+    p.gw.finish(gww, gw);
   } else if (gb != nullptr) {
     for (int64_t o = 0; o < s.Co; ++o) {
       double acc = 0;

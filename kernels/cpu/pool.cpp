@@ -1,6 +1,7 @@
 // CPU pooling kernels (math in kernels/pool.h), parallel over (n, c) planes.
 #include "kernels/pool.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -9,6 +10,22 @@
 namespace kernels {
 
 namespace {
+
+// max(a, b) where a NaN in b wins (and one in a stays): PyTorch's rule, branch-free.
+template <typename T> inline T nan_max(T a, T b) { return ((b > a) | (b != b)) ? b : a; }
+
+// y[ow] for the windows [ow*sw - pw, + kw) that lie inside the row, ow in [first, last).
+// KW and SW fixed at compile time (0: taken from s) let the compiler vectorise over ow.
+template <typename T, int KW, int SW>
+void max_row_inner(const T* colmax, T* yrow, int64_t first, int64_t last, const Pool2dShape& s) {
+  const int64_t kw = KW > 0 ? KW : s.kw, sw = SW > 0 ? SW : s.sw;
+  for (int64_t ow = first; ow < last; ++ow) {
+    const T* c = colmax + ow * sw - s.pw;
+    T best = c[0];
+    for (int64_t j = 1; j < kw; ++j) best = nan_max(best, c[j]);
+    yrow[ow] = best;
+  }
+}
 
 // One output row of one plane, in two passes over the window's input rows:
 //   vertical:   colmax[iw] = max over the window's rows of x[ih, iw], and the first row
@@ -30,16 +47,38 @@ void max_pool_row(const T* xp, T* yrow, int64_t* arow, int64_t oh, const Pool2dS
     if (arow != nullptr) {
       const int32_t row = static_cast<int32_t>(ih);
       for (int64_t iw = 0; iw < s.W; ++iw) {
-        const bool take = r[iw] > colmax[iw] || r[iw] != r[iw];
+        const bool take = (r[iw] > colmax[iw]) | (r[iw] != r[iw]);
         colmax[iw] = take ? r[iw] : colmax[iw];
         colarg[iw] = take ? row : colarg[iw];
       }
     } else {
       for (int64_t iw = 0; iw < s.W; ++iw) {
-        const bool take = r[iw] > colmax[iw] || r[iw] != r[iw];
+        const bool take = (r[iw] > colmax[iw]) | (r[iw] != r[iw]);
         colmax[iw] = take ? r[iw] : colmax[iw];
       }
     }
+  }
+  if (arow == nullptr) {
+    // Without the argmax: the windows that lie inside the row (all of them, without
+    // padding) in a branch-free loop that vectorises, with the window fixed at 3 wide and
+    // stride 2 (every max-pool of AlexNet and SqueezeNet); the edges in the general loop.
+    const int64_t first = (s.pw + s.sw - 1) / s.sw;  // first ow whose window starts at >= 0
+    int64_t last = s.W - s.kw + s.pw >= 0 ? (s.W - s.kw + s.pw) / s.sw + 1 : 0;  // windows ending <= W
+    last = std::max(first, std::min(last, s.Wo));
+    if (s.kw == 3 && s.sw == 2)
+      max_row_inner<T, 3, 2>(colmax, yrow, first, last, s);
+    else
+      max_row_inner<T, 0, 0>(colmax, yrow, first, last, s);
+    for (int64_t ow = 0; ow < s.Wo; ++ow) {
+      if (ow == first) ow = last;
+      if (ow >= s.Wo) break;
+      const int64_t w0 = ow * s.sw - s.pw;
+      const int64_t ws = w0 < 0 ? 0 : w0, we = w0 + s.kw < s.W ? w0 + s.kw : s.W;
+      T best = colmax[ws];
+      for (int64_t iw = ws + 1; iw < we; ++iw) best = nan_max(best, colmax[iw]);
+      yrow[ow] = best;
+    }
+    return;
   }
   for (int64_t ow = 0; ow < s.Wo; ++ow) {
     const int64_t w0 = ow * s.sw - s.pw;
@@ -48,13 +87,12 @@ void max_pool_row(const T* xp, T* yrow, int64_t* arow, int64_t oh, const Pool2dS
     int64_t bw = ws;
     for (int64_t iw = ws + 1; iw < we; ++iw) {
       const T c = colmax[iw];
-      if (c > best || c != c || (c == best && colarg[iw] < colarg[bw])) {
-        best = c;
-        bw = iw;
-      }
+      const bool take = (c > best) | (c != c) | ((c == best) & (colarg[iw] < colarg[bw]));
+      best = take ? c : best;
+      bw = take ? iw : bw;
     }
     yrow[ow] = best;
-    if (arow != nullptr) arow[ow] = static_cast<int64_t>(colarg[bw]) * s.W + bw;
+    arow[ow] = static_cast<int64_t>(colarg[bw]) * s.W + bw;
   }
 }
 
