@@ -189,14 +189,26 @@ struct BackwardWeights {
   }
 };
 
-// The prepared calls of each shape. A program sees a handful of shapes; the caches are
-// emptied if one ever holds more than kMaxShapes (a caller cycling through many sizes).
+// The prepared calls of each shape. A program sees a handful of shapes; a cache is
+// emptied if it ever holds more than kMaxShapes (a caller cycling through many sizes).
 constexpr size_t kMaxShapes = 256;
-template <typename T> T& prepared(std::unordered_map<Key, std::unique_ptr<T>, KeyHash>& cache, const Key& k) {
+template <typename T> using Cache = std::unordered_map<Key, std::unique_ptr<T>, KeyHash>;
+template <typename T> T& prepared(Cache<T>& cache, const Key& k) {
   auto it = cache.find(k);
   if (it != cache.end()) return *it->second;
   if (cache.size() >= kMaxShapes) cache.clear();
   return *cache.emplace(k, std::make_unique<T>(k)).first->second;
+}
+struct Caches {
+  Cache<Forward> forward;
+  Cache<BackwardData> data;
+  Cache<BackwardWeights> weights;
+};
+// Made after the engine (ctx()), so destroyed before it at exit: the primitives go first.
+Caches& caches() {
+  ctx();
+  static Caches c;
+  return c;
 }
 
 std::mutex& mu() {
@@ -210,8 +222,7 @@ bool conv2d_dnnl_available() { return true; }
 
 void conv2d_forward_dnnl(const float* x, const float* w, const float* b, float* y, const Conv2dShape& s) {
   std::lock_guard<std::mutex> lock(mu());
-  static std::unordered_map<Key, std::unique_ptr<Forward>, KeyHash> cache;
-  const Forward& f = prepared(cache, Key{s, b != nullptr});
+  const Forward& f = prepared(caches().forward, Key{s, b != nullptr});
   const memory src = f.src.prepare(const_cast<float*>(x), true);
   const memory wei = f.wei.prepare(const_cast<float*>(w), true);
   const memory dst = f.dst.prepare(y, false);
@@ -228,8 +239,7 @@ void conv2d_backward_dnnl(const float* x, const float* w, const float* gy, float
   auto& strm = ctx().strm;
   const BackwardData* data = nullptr;
   if (gx != nullptr) {
-    static std::unordered_map<Key, std::unique_ptr<BackwardData>, KeyHash> cache;
-    const BackwardData& p = prepared(cache, Key{s, false});
+    const BackwardData& p = prepared(caches().data, Key{s, false});
     data = &p;
     const memory wei = p.wei.prepare(const_cast<float*>(w), true);
     const memory gyy = p.gy.prepare(const_cast<float*>(gy), true);
@@ -238,8 +248,7 @@ void conv2d_backward_dnnl(const float* x, const float* w, const float* gy, float
     p.gx.finish(gxx, gx);
   }
   if (gw != nullptr) {
-    static std::unordered_map<Key, std::unique_ptr<BackwardWeights>, KeyHash> cache;
-    const BackwardWeights& p = prepared(cache, Key{s, gb != nullptr});
+    const BackwardWeights& p = prepared(caches().weights, Key{s, gb != nullptr});
     const memory src = p.src.prepare(const_cast<float*>(x), true);
     // The blocked copy of gy that the data gradient made is still in its slot (that call
     // wrote only gx's slot): used again when both want the same layout.
