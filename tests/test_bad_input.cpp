@@ -569,20 +569,7 @@ TEST_F(BadInput, WeightsWithAWrongDtypeAreRefused) {
 // the reader walks every collection first and refuses the file.
 TEST_F(BadInput, WeightsWithACorruptGlobalHeapAreRefused) {
   Bytes w = read_bytes(weights_);
-  const std::string gcol = "GCOL";
-  const auto at = std::search(w.begin(), w.end(), gcol.begin(), gcol.end());
-  ASSERT_NE(at, w.end());
-  const size_t base = static_cast<size_t>(at - w.begin());
-  auto le64 = [&](size_t i) {
-    uint64_t v = 0;
-    for (int k = 7; k >= 0; --k) v = (v << 8) | w[i + static_cast<size_t>(k)];
-    return v;
-  };
-  const uint64_t size = le64(base + 8);
-  size_t q = 16;
-  while (q + 16 <= size && (w[base + q] | w[base + q + 1]) != 0) q += 16 + ((le64(base + q + 8) + 7) & ~uint64_t{7});
-  ASSERT_LE(q + 16, size) << "no free-space entry in the collection";
-  for (int k = 0; k < 8; ++k) w[base + q + 8 + static_cast<size_t>(k)] = 0;  // its size: 0
+  ASSERT_GE(testing_util::zero_global_heap_free_space(w), 0) << "no global heap collection with free space";
   const std::string path = testing_util::temp_dir() + "/heap.h5";
   write_bytes(path, w);
   expect_weights_refused(path, "corrupt global heap");

@@ -332,20 +332,9 @@ TEST_F(WeightsFile, HangingGlobalHeapWithReservedBytesSetIsRefusedAtOnce) {
   // The metadata strings only (no class names): one collection, with free space.
   std::ifstream in(variant("strings", [](const std::string&, const Tensor& t) { return t; }), std::ios::binary);
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const std::string gcol = "GCOL";
-  const auto at = std::search(bytes.begin(), bytes.end(), gcol.begin(), gcol.end());
-  ASSERT_NE(at, bytes.end());
-  const size_t base = static_cast<size_t>(at - bytes.begin());
-  auto le64 = [&](size_t i) {
-    uint64_t v = 0;
-    for (int k = 7; k >= 0; --k) v = (v << 8) | bytes[i + static_cast<size_t>(k)];
-    return v;
-  };
-  const uint64_t size = le64(base + 8);
-  size_t q = 16;  // the objects, up to the free-space entry (index 0)
-  while (q + 16 <= size && (bytes[base + q] | bytes[base + q + 1]) != 0) q += 16 + ((le64(base + q + 8) + 7) & ~uint64_t{7});
-  ASSERT_LE(q + 16, size) << "no free-space entry in the collection";
-  for (int k = 0; k < 8; ++k) bytes[base + q + 8 + static_cast<size_t>(k)] = 0;  // its size: 0
+  const int64_t found = testing_util::zero_global_heap_free_space(bytes);
+  ASSERT_GE(found, 0) << "no global heap collection with free space";
+  const size_t base = static_cast<size_t>(found);
   bytes[base + 5] = 8;  // a reserved byte of the collection's header
   const std::string path = dir_ + "/hang.h5";
   std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()),

@@ -215,6 +215,27 @@ bool break_string_heap_id(std::vector<uint8_t>& file, const std::string& value) 
   return true;
 }
 
+int64_t zero_global_heap_free_space(std::vector<uint8_t>& file) {
+  const std::string gcol = "GCOL";
+  const auto at = std::search(file.begin(), file.end(), gcol.begin(), gcol.end());
+  if (at == file.end() || file.end() - at < 16) return -1;
+  const size_t base = static_cast<size_t>(at - file.begin());
+  auto le64 = [&](size_t i) {
+    uint64_t v = 0;
+    for (int k = 7; k >= 0; --k) v = (v << 8) | file[i + static_cast<size_t>(k)];
+    return v;
+  };
+  const uint64_t size = std::min<uint64_t>(le64(base + 8), file.size() - base);
+  // Objects (a 16-byte header each, then the data rounded up to 8 bytes) up to the
+  // free-space entry, whose index is 0.
+  size_t q = 16;
+  while (q + 16 <= size && (file[base + q] | file[base + q + 1]) != 0)
+    q += 16 + ((le64(base + q + 8) + 7) & ~uint64_t{7});
+  if (q + 16 > size) return -1;
+  for (int k = 0; k < 8; ++k) file[base + q + 8 + static_cast<size_t>(k)] = 0;  // its size: 0
+  return static_cast<int64_t>(base);
+}
+
 kernels::Conv2dShape conv_shape(const ConvCase& c) {
   kernels::Conv2dShape s{};
   s.N = c.N; s.C = c.C; s.H = c.H; s.W = c.W; s.Co = c.Co; s.kh = c.kh; s.kw = c.kw;

@@ -99,4 +99,9 @@ std::string temp_dir();
 // False when no such heap ID is found.
 bool break_string_heap_id(std::vector<uint8_t>& file, const std::string& value);
 
+// Makes libhdf5 1.10 loop forever on the bytes of an HDF5 file written by the engine: the
+// free-space entry of the file's first global heap collection gets size 0. Returns the
+// collection's offset in the file, or -1 when there is no collection with free space.
+int64_t zero_global_heap_free_space(std::vector<uint8_t>& file);
+
 }  // namespace testing_util
