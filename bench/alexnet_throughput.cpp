@@ -16,6 +16,7 @@
 #include "engine/optim/sgd.h"
 #include "engine/saliency.h"
 #include "kernels/cuda_runtime.h"
+#include "kernels/gemm.h"
 #include "nets/alexnet.h"
 
 int main(int argc, char** argv) {
@@ -68,8 +69,9 @@ int main(int argc, char** argv) {
     }
     std::sort(seconds.begin(), seconds.end());
     const double median = seconds[seconds.size() / 2];
-    fmt::print("alexnet {} batch {} on {}: median {:.4f} s per batch over {} runs (min {:.4f}, max {:.4f})\n", mode,
-               batch, device.str(), median, iters, seconds.front(), seconds.back());
+    fmt::print("alexnet {} batch {} on {}: median {:.4f} s per batch over {} runs (min {:.4f}, max {:.4f}); "
+               "OpenBLAS threads: {}\n",
+               mode, batch, device.str(), median, iters, seconds.front(), seconds.back(), kernels::blas_threading());
     fmt::print("images/s: {:.2f}\n", static_cast<double>(batch) / median);
     return 0;
   } catch (const std::exception& e) {

@@ -14,7 +14,8 @@
 //     `onednn_blocked` (oneDNN's primitive alone, on data already in its blocked layout:
 //     what oneDNN can do without the reorders).
 //   Gemm/<layer>/<impl>: fc6-fc8 forward, y = x W^T + b. impl: `engine`
-//     (engine::linear), `openblas` (cblas_sgemm alone, no bias), `onednn` (dnnl::sgemm).
+//     (engine::linear: oneDNN's matmul primitive, GEMV at batch 1), `openblas`
+//     (cblas_sgemm alone, no bias), `onednn` (dnnl_sgemm, oneDNN's BLAS-like call).
 //   MaxPool/<layer> (the three pools, forward without the argmax), Relu.
 //
 //   build/bin/bench_cpu_ops --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
@@ -41,6 +42,7 @@
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "kernels/conv.h"
+#include "kernels/gemm.h"
 
 namespace {
 
@@ -120,8 +122,8 @@ void measure_ceilings() {
     }
   });
   g_copy_bw = 2.0 * static_cast<double>(bytes) / copy_s;
-  std::printf("ceilings (%d threads): %s FMA peak %.1f GFLOP/s; memcpy %.1f GB/s (read + write)\n",
-              omp_get_max_threads(), g_fma_isa, g_fma_peak / 1e9, g_copy_bw / 1e9);
+  std::printf("ceilings (%d threads): %s FMA peak %.1f GFLOP/s; memcpy %.1f GB/s (read + write); OpenBLAS threads: %s\n",
+              omp_get_max_threads(), g_fma_isa, g_fma_peak / 1e9, g_copy_bw / 1e9, kernels::blas_threading());
 }
 
 // The timed loop of a row: runs `body` as Google Benchmark asks and returns the wall

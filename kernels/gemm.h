@@ -7,9 +7,20 @@
 
 namespace kernels {
 
+// float32 products with more than one row and one column go to oneDNN's matmul where the
+// build has oneDNN (faster than OpenBLAS on AlexNet's fully connected layers); a single
+// row or column goes to GEMV; the rest, float64 included, to OpenBLAS's GEMM.
 template <typename T>
 void gemm_cpu(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
               int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+// How the linked OpenBLAS runs its threads: "OpenMP" (the engine's pool, as it should),
+// "pthreads" (a second pool competing with OpenMP's for the cores) or "sequential".
+const char* blas_threading();
+// float32 through oneDNN's matmul primitive, same contract (kernels/cpu/gemm_dnnl.cpp).
+// Available only in builds with oneDNN (gemm_dnnl_available()); otherwise it throws.
+bool gemm_dnnl_available();
+void gemm_dnnl(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+               int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 // CUDA, same row-major contract, device pointers (kernels/cuda/gemm.cu).
 // gemm_cuda calls cuBLAS: a row-major C[M,N] is the column-major C^T[N,M], so it computes

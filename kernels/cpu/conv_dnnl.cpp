@@ -22,6 +22,7 @@
 #include <unordered_map>
 
 #include "kernels/conv.h"
+#include "kernels/cpu/dnnl_context.h"
 
 namespace kernels {
 namespace {
@@ -33,14 +34,7 @@ using Fwd = dnnl::convolution_forward;
 using Bwd = dnnl::convolution_backward_data;
 using Bww = dnnl::convolution_backward_weights;
 
-struct Context {
-  dnnl::engine eng{dnnl::engine::kind::cpu, 0};
-  dnnl::stream strm{eng};
-};
-Context& ctx() {
-  static Context c;
-  return c;
-}
+DnnlContext& ctx() { return dnnl_context(); }
 
 struct Descs {
   memory::dims src, wei, bia, dst, strides, pad_l, pad_r;

@@ -1,10 +1,12 @@
-// Row-major GEMM through CBLAS (OpenBLAS). A product with a single row or column is a
-// matrix-vector product and goes to GEMV: GEMM would first pack (copy) the whole other
-// matrix, which at batch 1 costs as much as the product itself — AlexNet's fc6 weights
-// alone are 151 MB.
+// Row-major GEMM through CBLAS (OpenBLAS), or oneDNN's matmul for float32 (see gemm.h). A
+// product with a single row or column is a matrix-vector product and goes to GEMV: GEMM
+// would first pack (copy) the whole other matrix, which at batch 1 costs as much as the
+// product itself — AlexNet's fc6 weights alone are 151 MB.
 #include "kernels/gemm.h"
 
 #include <cblas.h>
+
+#include <type_traits>
 
 namespace kernels {
 namespace {
@@ -22,6 +24,14 @@ template <> struct Blas<double> {
 int i32(int64_t v) { return static_cast<int>(v); }
 
 }  // namespace
+
+const char* blas_threading() {
+  switch (openblas_get_parallel()) {
+    case 0: return "sequential";
+    case 1: return "pthreads";
+    default: return "OpenMP";
+  }
+}
 
 template <typename T>
 void gemm_cpu(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
@@ -43,6 +53,10 @@ void gemm_cpu(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const 
     else  // A stored [M, K]
       Blas<T>::gemv(CblasRowMajor, CblasNoTrans, i32(M), i32(K), alpha, A, i32(lda), B, i32(inc_b), beta, C, i32(ldc));
     return;
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (K > 0 && gemm_dnnl_available())
+      return gemm_dnnl(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
   Blas<T>::gemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, i32(M), i32(N), i32(K),
                 alpha, A, i32(lda), B, i32(ldb), beta, C, i32(ldc));

@@ -1,7 +1,9 @@
-// Linked when the engine is built without oneDNN: conv2d uses im2col + GEMM only.
+// Linked when the engine is built without oneDNN: conv2d uses im2col + GEMM only, and
+// every GEMM goes to OpenBLAS.
 #include <stdexcept>
 
 #include "kernels/conv.h"
+#include "kernels/gemm.h"
 
 namespace kernels {
 
@@ -10,6 +12,12 @@ void conv2d_forward_dnnl(const float*, const float*, const float*, float*, const
   throw std::runtime_error("this engine was built without oneDNN");
 }
 void conv2d_backward_dnnl(const float*, const float*, const float*, float*, float*, float*, const Conv2dShape&) {
+  throw std::runtime_error("this engine was built without oneDNN");
+}
+
+bool gemm_dnnl_available() { return false; }
+void gemm_dnnl(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float,
+               float*, int64_t) {
   throw std::runtime_error("this engine was built without oneDNN");
 }
 
