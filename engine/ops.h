@@ -24,6 +24,10 @@ struct Size2 {
 // x [N, C, H, W], weight [Co, C, kh, kw], bias [Co] or undefined.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
               Size2 stride = 1, Size2 padding = 0);
+// relu(conv2d(...)); without a graph, on the CPU in float32, in one pass (the convolution
+// applies the ReLU as it writes). nn::Sequential uses it for a Conv2d followed by a ReLU.
+Tensor conv2d_relu(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
+                   Size2 stride = 1, Size2 padding = 0);
 // x [..., in], weight [out, in], bias [out] or undefined: y = x W^T + b.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 Tensor relu(const Tensor& x);

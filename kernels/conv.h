@@ -33,9 +33,11 @@ void conv2d_backward_cpu(const T* x, const T* w, const T* gy, T* gx, T* gw, T* g
 
 // float32 through oneDNN (kernels/cpu/conv_dnnl.cpp). Available only in builds with
 // oneDNN (conv2d_dnnl_available()); the other functions then throw. Same contract as
-// the im2col versions above: null gradient pointers are not computed.
+// the im2col versions above: null gradient pointers are not computed. With relu, the
+// forward writes max(y, 0) (a oneDNN post-op; NaN as relu_fwd in kernels/common.h).
 bool conv2d_dnnl_available();
-void conv2d_forward_dnnl(const float* x, const float* w, const float* b, float* y, const Conv2dShape& s);
+void conv2d_forward_dnnl(const float* x, const float* w, const float* b, float* y, const Conv2dShape& s,
+                         bool relu = false);
 void conv2d_backward_dnnl(const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
                           const Conv2dShape& s);
 

@@ -2,6 +2,7 @@
 // has it) against im2col + GEMM (the reference, which the f64 gradient checks cover),
 // forward and every gradient, on odd shapes, strides, paddings and batch sizes.
 #include <cmath>
+#include <cstring>
 
 #include "kernels/common.h"
 #include "kernels/conv.h"
@@ -62,6 +63,43 @@ TEST_P(ConvBackends, OneDnnMatchesIm2col) {
   EXPECT_ALL_CLOSE(only_gx, c.gx, 1e-4, c.tol_x);
   EXPECT_ALL_CLOSE(only_gw, c.gw, 1e-4, c.tol_w);
   EXPECT_ALL_CLOSE(only_gb, c.gb, 1e-4, c.tol_w);
+}
+
+// conv2d_relu against conv2d then relu, as ops: without a graph the ReLU is applied by
+// oneDNN's convolution (a post-op), which must give the same bits, NaN included (the
+// input has one: it spreads through every window that holds it); with a graph the two
+// ops are recorded, and the gradients agree too.
+TEST_P(ConvBackends, ReluFusedEqualsConvThenRelu) {
+  const kernels::Conv2dShape s = shape_of(GetParam());
+  Tensor x = testing_util::randn({s.N, s.C, s.H, s.W}, 11, DType::F32);
+  x.data<float>()[x.numel() / 2] = std::nanf("");
+  const Tensor w = testing_util::randn({s.Co, s.C, s.kh, s.kw}, 12, DType::F32);
+  const Tensor b = testing_util::randn({s.Co}, 13, DType::F32);
+  const Size2 stride(s.sh, s.sw), pad(s.ph, s.pw);
+  {
+    NoGradGuard ng;
+    const Tensor fused = conv2d_relu(x, w, b, stride, pad), apart = relu(conv2d(x, w, b, stride, pad));
+    ASSERT_EQ(fused.shape(), apart.shape());
+    const float *f = fused.data<float>(), *a = apart.data<float>();
+    int64_t nans = 0, positive = 0, zero = 0;
+    for (int64_t i = 0; i < fused.numel(); ++i) {
+      nans += std::isnan(a[i]);
+      positive += a[i] > 0;
+      zero += a[i] == 0;
+      ASSERT_TRUE(std::memcmp(&f[i], &a[i], sizeof(float)) == 0) << "at " << i << ": " << f[i] << " vs " << a[i];
+    }
+    EXPECT_GT(positive, 0);
+    EXPECT_GT(zero, 0);
+    RecordProperty("nans", static_cast<int>(nans));
+  }
+  const Tensor xs = testing_util::randn({s.N, s.C, s.H, s.W}, 14, DType::F32);
+  const Tensor gy = testing_util::randn({s.N, s.Co, s.Ho, s.Wo}, 15, DType::F32);
+  Tensor x1 = xs.detach().requires_grad_(), x2 = xs.detach().requires_grad_();
+  const Tensor y1 = conv2d_relu(x1, w, b, stride, pad), y2 = relu(conv2d(x2, w, b, stride, pad));
+  sum(y1 * gy).backward();
+  sum(y2 * gy).backward();
+  EXPECT_ALL_CLOSE(y1, y2, 0, 0);
+  EXPECT_ALL_CLOSE(x1.grad(), x2.grad(), 0, 0);
 }
 
 // oneDNN's path keeps its primitives per shape and its blocked copies in buffers shared

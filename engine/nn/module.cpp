@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <sstream>
+#include <typeinfo>
 
 namespace engine::nn {
 
@@ -110,7 +111,17 @@ void Sequential::push_back(std::shared_ptr<Module> m) {
 
 Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;
-  for (const auto& [n, m] : children()) h = m->forward(h);
+  const auto& ch = children();
+  for (size_t i = 0; i < ch.size(); ++i) {
+    const Module& m = *ch[i].second;
+    // A Conv2d followed by a ReLU (exactly those classes): one op, conv2d_relu.
+    if (typeid(m) == typeid(Conv2d) && i + 1 < ch.size() && typeid(*ch[i + 1].second) == typeid(ReLU)) {
+      h = static_cast<const Conv2d&>(m).forward_relu(h);
+      ++i;
+    } else {
+      h = ch[i].second->forward(h);
+    }
+  }
   return h;
 }
 
@@ -137,6 +148,10 @@ Conv2d::Conv2d(int64_t in, int64_t out, Size2 kernel, Size2 stride, Size2 paddin
 
 Tensor Conv2d::forward(const Tensor& x) {
   return conv2d(x, weight(), bias(), stride, padding);
+}
+
+Tensor Conv2d::forward_relu(const Tensor& x) const {
+  return conv2d_relu(x, weight(), bias(), stride, padding);
 }
 
 std::string Conv2d::name() const {

@@ -9,8 +9,13 @@
 
 namespace engine {
 
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 stride,
-              Size2 padding) {
+namespace {
+
+// conv2d, then ReLU when relu_after. Without a graph, in float32 through oneDNN, the
+// convolution applies the ReLU as it writes its output (a oneDNN post-op): one pass over
+// the output instead of two. Otherwise relu() follows conv2d() as two ops.
+Tensor conv2d_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 stride, Size2 padding,
+                   bool relu_after) {
   detail::check_compatible("conv2d", x, weight);
   ENGINE_CHECK(x.dim() == 4, "conv2d: input must be [N, C, H, W], got shape ", shape_str(x.shape()));
   ENGINE_CHECK(weight.dim() == 4, "conv2d: weight must be [C_out, C_in, kH, kW], got shape ",
@@ -38,21 +43,23 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 s
   // checks) and builds without it through im2col + GEMM.
   const bool cuda = x.device().is_cuda();
   const bool dnnl = !cuda && x.dtype() == DType::F32 && kernels::conv2d_dnnl_available();
+  const bool graph = needs_graph({x, weight, bias});
+  const bool fused = relu_after && dnnl && !graph;
   Tensor y = Tensor::empty({s.N, s.Co, s.Ho, s.Wo}, x.dtype(), x.device());
   dispatch_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* b = bias.defined() ? bias.data<T>() : nullptr;
     if (cuda) return kernels::conv2d_forward_cudnn<T>(x.data<T>(), weight.data<T>(), b, y.data<T>(), s);
     if constexpr (std::is_same_v<T, float>) {
-      if (dnnl) return kernels::conv2d_forward_dnnl(x.data<T>(), weight.data<T>(), b, y.data<T>(), s);
+      if (dnnl) return kernels::conv2d_forward_dnnl(x.data<T>(), weight.data<T>(), b, y.data<T>(), s, fused);
     }
     kernels::conv2d_forward_cpu<T>(x.data<T>(), weight.data<T>(), b, y.data<T>(), s);
   });
-  if (!needs_graph({x, weight, bias})) return y;
+  if (!graph) return relu_after && !fused ? relu(y) : y;
   // Save only what the needed gradients read: x for the weight gradient, w for the input's.
   const Tensor sx = weight.requires_grad() ? x.detach() : Tensor();
   const Tensor sw = x.requires_grad() ? weight.detach() : Tensor();
-  return record(y, {x, weight, bias}, "conv2d", [sx, sw, s, cuda, dnnl](const Tensor& g, const std::vector<bool>& needs) {
+  Tensor out = record(y, {x, weight, bias}, "conv2d", [sx, sw, s, cuda, dnnl](const Tensor& g, const std::vector<bool>& needs) {
     Tensor gx = needs[0] ? Tensor::empty({s.N, s.C, s.H, s.W}, g.dtype(), g.device()) : Tensor();
     Tensor gw = needs[1] ? Tensor::empty({s.Co, s.C, s.kh, s.kw}, g.dtype(), g.device()) : Tensor();
     Tensor gb = needs[2] ? Tensor::empty({s.Co}, g.dtype(), g.device()) : Tensor();
@@ -71,6 +78,17 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 s
     });
     return TensorList{gx, gw, gb};
   });
+  return relu_after ? relu(out) : out;
+}
+
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 stride, Size2 padding) {
+  return conv2d_impl(x, weight, bias, stride, padding, false);
+}
+
+Tensor conv2d_relu(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 stride, Size2 padding) {
+  return conv2d_impl(x, weight, bias, stride, padding, true);
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {

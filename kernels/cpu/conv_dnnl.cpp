@@ -114,27 +114,34 @@ struct Operand {
 struct Key {
   Conv2dShape s;
   bool bias;
+  bool relu = false;  // forward only: ReLU applied to the output as a post-op
   bool operator==(const Key& o) const {
-    return bias == o.bias && std::memcmp(&s, &o.s, sizeof(s)) == 0;  // all int64_t: no padding
+    return bias == o.bias && relu == o.relu && std::memcmp(&s, &o.s, sizeof(s)) == 0;  // all int64_t: no padding
   }
 };
 struct KeyHash {
   size_t operator()(const Key& k) const {
     const auto* v = reinterpret_cast<const int64_t*>(&k.s);
-    size_t h = k.bias ? 0x9e3779b97f4a7c15ull : 0;
+    size_t h = (k.bias ? 0x9e3779b97f4a7c15ull : 0) ^ (k.relu ? 0x85ebca6bull : 0);
     for (size_t i = 0; i < sizeof(k.s) / sizeof(int64_t); ++i) h = (h ^ static_cast<size_t>(v[i])) * 0x100000001b3ull;
     return h;
   }
 };
 static_assert(sizeof(Conv2dShape) % sizeof(int64_t) == 0, "Conv2dShape is compared and hashed as int64_t words");
 
-Fwd::primitive_desc forward_pd(const Descs& d, bool bias) {
+Fwd::primitive_desc forward_pd(const Descs& d, bool bias, bool relu = false) {
   const auto desc = bias ? Fwd::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
                                      any(d.src), any(d.wei), memory::desc(d.bia, dt::f32, tag::x), any(d.dst),
                                      d.strides, d.pad_l, d.pad_r)
                          : Fwd::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
                                      any(d.src), any(d.wei), any(d.dst), d.strides, d.pad_l, d.pad_r);
-  return Fwd::primitive_desc(desc, ctx().eng);
+  dnnl::primitive_attr attr;
+  if (relu) {
+    dnnl::post_ops ops;
+    ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    attr.set_post_ops(ops);
+  }
+  return Fwd::primitive_desc(desc, attr, ctx().eng);
 }
 
 struct Forward {
@@ -142,7 +149,7 @@ struct Forward {
   Operand src, wei, dst;
   explicit Forward(const Key& k) {
     const Descs d = descs(k.s);
-    const auto pd = forward_pd(d, k.bias);
+    const auto pd = forward_pd(d, k.bias, k.relu);
     prim = Fwd(pd);
     src = Operand(nchw(d.src), pd.src_desc(), kSrc, true);
     wei = Operand(oihw(d.wei), pd.weights_desc(), kWei, true);
@@ -214,9 +221,10 @@ std::mutex& mu() {
 
 bool conv2d_dnnl_available() { return true; }
 
-void conv2d_forward_dnnl(const float* x, const float* w, const float* b, float* y, const Conv2dShape& s) {
+void conv2d_forward_dnnl(const float* x, const float* w, const float* b, float* y, const Conv2dShape& s,
+                         bool relu) {
   std::lock_guard<std::mutex> lock(mu());
-  const Forward& f = prepared(caches().forward, Key{s, b != nullptr});
+  const Forward& f = prepared(caches().forward, Key{s, b != nullptr, relu});
   const memory src = f.src.prepare(const_cast<float*>(x), true);
   const memory wei = f.wei.prepare(const_cast<float*>(w), true);
   const memory dst = f.dst.prepare(y, false);

@@ -8,7 +8,7 @@
 namespace kernels {
 
 bool conv2d_dnnl_available() { return false; }
-void conv2d_forward_dnnl(const float*, const float*, const float*, float*, const Conv2dShape&) {
+void conv2d_forward_dnnl(const float*, const float*, const float*, float*, const Conv2dShape&, bool) {
   throw std::runtime_error("this engine was built without oneDNN");
 }
 void conv2d_backward_dnnl(const float*, const float*, const float*, float*, float*, float*, const Conv2dShape&) {
