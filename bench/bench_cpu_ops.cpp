@@ -17,6 +17,9 @@
 //     (engine::linear: oneDNN's matmul primitive, GEMV at batch 1), `openblas`
 //     (cblas_sgemm alone, no bias), `onednn` (dnnl_sgemm, oneDNN's BLAS-like call).
 //   MaxPool/<layer> (the three pools, forward without the argmax), Relu.
+//   MaxPoolTrain/<layer>/forward|backward (with the argmax, batch 64), Axpby (y = a x + b z),
+//   SumAll, LogSoftmax/forward|backward (rows of 1000), Sgd (a momentum step over
+//   AlexNet's 61.1 M parameters): memory-bound, GB/s and share of the memcpy bandwidth.
 //
 //   build/bin/bench_cpu_ops --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 //   (--benchmark_filter=Conv/conv2 and the like for a part)
@@ -42,7 +45,12 @@
 #include "engine/ops.h"
 #include "engine/random.h"
 #include "kernels/conv.h"
+#include "kernels/elementwise.h"
 #include "kernels/gemm.h"
+#include "kernels/pool.h"
+#include "kernels/reduce.h"
+#include "kernels/sgd.h"
+#include "kernels/softmax.h"
 
 namespace {
 
@@ -298,6 +306,84 @@ void BM_Relu(benchmark::State& state) {
   set_bytes(state, 8.0 * static_cast<double>(x.numel()), sec);
 }
 
+// Max-pooling as training runs it: the forward keeps the argmax (8 bytes per output),
+// the backward scatters the output gradient to it (gx cleared, then written).
+void BM_MaxPoolTrain(benchmark::State& state, int layer, bool backward) {
+  const PoolCase p = kPools[layer];
+  const int64_t N = state.range(0), Ho = (p.H - 3) / 2 + 1;
+  const kernels::Pool2dShape s{N, p.C, p.H, p.H, 3, 3, 2, 2, 0, 0, Ho, Ho};
+  Generator g(3);
+  Tensor x = Tensor::randn({N, p.C, p.H, p.H}, g), y = Tensor::empty({N, p.C, Ho, Ho});
+  Tensor gy = Tensor::randn({N, p.C, Ho, Ho}, g), gx = Tensor::empty({N, p.C, p.H, p.H});
+  std::vector<int64_t> argmax(static_cast<size_t>(N * p.C * Ho * Ho));
+  kernels::max_pool2d_forward_cpu<float>(x.data<float>(), y.data<float>(), argmax.data(), s);
+  const double in = 4.0 * N * p.C * p.H * p.H, out = 4.0 * N * p.C * Ho * Ho;
+  if (backward) {
+    const double sec = timed(state, [&] {
+      kernels::max_pool2d_backward_cpu<float>(gy.data<float>(), argmax.data(), gx.data<float>(), s);
+      benchmark::ClobberMemory();
+    });
+    set_bytes(state, out + 2 * out + in, sec);  // gy and the argmax read, gx written
+  } else {
+    const double sec = timed(state, [&] {
+      kernels::max_pool2d_forward_cpu<float>(x.data<float>(), y.data<float>(), argmax.data(), s);
+      benchmark::ClobberMemory();
+    });
+    set_bytes(state, in + out + 2 * out, sec);  // x read, y and the argmax written
+  }
+}
+
+// One SGD step with momentum over n parameters: p, g and the buffer read; p and the
+// buffer written (20 bytes a parameter). AlexNet has 61.1 M parameters.
+void BM_Sgd(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  Generator g(5);
+  Tensor p = Tensor::randn({n}, g), grad = Tensor::randn({n}, g), buf = Tensor::randn({n}, g);
+  const kernels::SgdParams h{0.001, 0.9, 0.0, 0.0005, false, false};
+  const double sec = timed(state, [&] {
+    kernels::sgd_step_cpu<float>(p.data<float>(), grad.data<float>(), buf.data<float>(), h, n);
+    benchmark::ClobberMemory();
+  });
+  set_bytes(state, 20.0 * static_cast<double>(n), sec);
+}
+
+// log-softmax over rows of 1000 (the classifier's output), forward and backward.
+void BM_LogSoftmax(benchmark::State& state, bool backward) {
+  const int64_t rows = state.range(0), K = 1000;
+  Generator g(6);
+  Tensor x = Tensor::randn({rows, K}, g), y = Tensor::empty({rows, K}), gy = Tensor::randn({rows, K}, g);
+  Tensor gx = Tensor::empty({rows, K});
+  kernels::softmax_forward_cpu<float>(x.data<float>(), y.data<float>(), rows, K, 1, true);
+  const double sec = timed(state, [&] {
+    if (backward)
+      kernels::softmax_backward_cpu<float>(gy.data<float>(), y.data<float>(), gx.data<float>(), rows, K, 1, true);
+    else
+      kernels::softmax_forward_cpu<float>(x.data<float>(), y.data<float>(), rows, K, 1, true);
+    benchmark::ClobberMemory();
+  });
+  set_bytes(state, (backward ? 12.0 : 8.0) * static_cast<double>(rows * K), sec);
+}
+
+// Elementwise y = a x + b z (add, sub and the gradient sums) and the sum of all elements.
+void BM_Axpby(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  Generator g(7);
+  Tensor x = Tensor::randn({n}, g), z = Tensor::randn({n}, g), y = Tensor::empty({n});
+  const double sec = timed(state, [&] {
+    kernels::axpby_cpu<float>(1.0f, x.data<float>(), 1.0f, z.data<float>(), y.data<float>(), n);
+    benchmark::ClobberMemory();
+  });
+  set_bytes(state, 12.0 * static_cast<double>(n), sec);
+}
+
+void BM_SumAll(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  Generator g(8);
+  Tensor x = Tensor::randn({n}, g);
+  const double sec = timed(state, [&] { benchmark::DoNotOptimize(kernels::sum_all_cpu<float>(x.data<float>(), n)); });
+  set_bytes(state, 4.0 * static_cast<double>(n), sec);
+}
+
 void register_all() {
   const std::vector<int64_t> batches = {1, 64, 128};
   benchmark::RegisterBenchmark("Ceiling", BM_Ceiling)->Iterations(1);
@@ -327,7 +413,23 @@ void register_all() {
           ->Arg(n)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
+  for (int l = 0; l < 3; ++l)
+    for (bool backward : {false, true})
+      benchmark::RegisterBenchmark(
+          ("MaxPoolTrain/pool" + std::to_string(l + 1) + (backward ? "/backward" : "/forward")).c_str(),
+          BM_MaxPoolTrain, l, backward)
+          ->Arg(64)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
   benchmark::RegisterBenchmark("Relu", BM_Relu)->Arg(1 << 16)->Arg(1 << 22)->Arg(1 << 25)->UseRealTime();
+  benchmark::RegisterBenchmark("Axpby", BM_Axpby)->Arg(1 << 22)->Arg(1 << 25)->UseRealTime();
+  benchmark::RegisterBenchmark("SumAll", BM_SumAll)->Arg(1 << 22)->Arg(1 << 25)->UseRealTime();
+  for (bool backward : {false, true})
+    benchmark::RegisterBenchmark(backward ? "LogSoftmax/backward" : "LogSoftmax/forward", BM_LogSoftmax, backward)
+        ->Arg(64)
+        ->Arg(4096)
+        ->UseRealTime();
+  benchmark::RegisterBenchmark("Sgd", BM_Sgd)->Arg(61'100'840)->Unit(benchmark::kMillisecond)->UseRealTime();
 }
 
 }  // namespace

@@ -293,6 +293,31 @@ TEST(MaxPool2d, WithAndWithoutAGraphEqualAPlainScan) {
             }
           }
       EXPECT_GT(nans, 0u);
+
+      // The argmax, through the gradient: with ties but no NaN, each window's gradient
+      // (small integers: exact sums) goes to its first maximum in row-major order.
+      for (size_t i = 0; i < v.size(); ++i)
+        if (std::isnan(v[i])) v[i] = 0;
+      const Tensor xt = Tensor::from_vector(shape, v).to(dt).requires_grad_();
+      const Tensor y = max_pool2d(xt, Size2(c.kh, c.kw), Size2(c.sh, c.sw), Size2(c.ph, c.pw), c.ceil);
+      std::vector<double> gy(static_cast<size_t>(y.numel()));
+      for (size_t k = 0; k < gy.size(); ++k) gy[k] = static_cast<double>(k % 7 + 1);
+      sum(y * Tensor::from_vector(y.shape(), gy).to(dt)).backward();
+      std::vector<double> want(v.size(), 0.0);
+      for (int64_t pl = 0; pl < 6; ++pl)
+        for (int64_t oh = 0; oh < Ho; ++oh)
+          for (int64_t ow = 0; ow < Wo; ++ow) {
+            int64_t arg = -1;
+            for (int64_t i = oh * c.sh - c.ph; i < oh * c.sh - c.ph + c.kh; ++i)
+              for (int64_t j = ow * c.sw - c.pw; j < ow * c.sw - c.pw + c.kw; ++j) {
+                if (i < 0 || i >= c.H || j < 0 || j >= c.W) continue;
+                const int64_t at = (pl * c.H + i) * c.W + j;
+                if (arg < 0 || v[static_cast<size_t>(at)] > v[static_cast<size_t>(arg)]) arg = at;
+              }
+            want[static_cast<size_t>(arg)] += gy[static_cast<size_t>((pl * Ho + oh) * Wo + ow)];
+          }
+      const std::vector<double> got = xt.grad().to_vector<double>();
+      for (size_t i = 0; i < want.size(); ++i) ASSERT_EQ(got[i], want[i]) << "gradient at " << i;
     }
   }
 }
