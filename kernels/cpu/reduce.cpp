@@ -7,7 +7,7 @@ namespace kernels {
 
 template <typename T> T sum_all_cpu(const T* x, int64_t n) {
   double acc = 0;
-#pragma omp parallel for reduction(+ : acc) if (n > (1 << 16))
+#pragma omp parallel for simd reduction(+ : acc) if (n > (1 << 16))
   for (int64_t i = 0; i < n; ++i) acc += x[i];
   return static_cast<T>(acc);
 }
