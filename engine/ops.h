@@ -28,6 +28,18 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor
 // applies the ReLU as it writes). nn::Sequential uses it for a Conv2d followed by a ReLU.
 Tensor conv2d_relu(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
                    Size2 stride = 1, Size2 padding = 0);
+// A run of layers as nn::Sequential runs them: convolutions, each followed by a ReLU, and
+// max-pools, each after a convolution. The same results as conv2d_relu and max_pool2d one
+// after the other; without a graph, on the CPU in float32, in one call that keeps the
+// intermediate results in oneDNN's blocked layout.
+struct ConvReluPoolLayer {
+  bool pool = false;
+  Tensor weight, bias;  // convolution (bias may be undefined)
+  Size2 stride = 1, padding = 0;
+  Size2 kernel = 1;  // max-pool (with stride and padding above; stride 0: the kernel)
+  bool ceil_mode = false;
+};
+Tensor conv_relu_pool(const Tensor& x, const std::vector<ConvReluPoolLayer>& layers);
 // x [..., in], weight [out, in], bias [out] or undefined: y = x W^T + b.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 Tensor relu(const Tensor& x);

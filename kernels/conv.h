@@ -8,6 +8,9 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
+
+#include "kernels/pool.h"
 
 namespace kernels {
 
@@ -40,6 +43,21 @@ void conv2d_forward_dnnl(const float* x, const float* w, const float* b, float* 
                          bool relu = false);
 void conv2d_backward_dnnl(const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
                           const Conv2dShape& s);
+
+// A run of convolutions (each with or without a ReLU post-op) and max-pools, float32,
+// forward only, through oneDNN: the NCHW input is reordered once into oneDNN's blocked
+// layout, every layer reads and writes that layout, and only the last result is
+// reordered back to NCHW. oneDNN's max does not propagate NaN as max_pool2d does: a
+// max-pool's input must hold none (the engine chains a max-pool only after a ReLU).
+struct DnnlChainLayer {
+  bool pool = false;          // a max-pool (pool_shape), else a convolution (conv, w, b, relu)
+  Conv2dShape conv{};
+  const float* w = nullptr;   // [Co, C, kh, kw]
+  const float* b = nullptr;   // [Co] or null
+  bool relu = false;
+  Pool2dShape pool_shape{};
+};
+void chain_forward_dnnl(const float* x, const std::vector<DnnlChainLayer>& layers, float* y);
 
 // CUDA (kernels/cuda/conv.cu). cuDNN for the convolution itself: forward, backward-data,
 // backward-filter and the bias gradient, float and double; the algorithm is chosen once

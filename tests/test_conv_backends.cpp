@@ -102,6 +102,72 @@ TEST_P(ConvBackends, ReluFusedEqualsConvThenRelu) {
   EXPECT_ALL_CLOSE(x1.grad(), x2.grad(), 0, 0);
 }
 
+// conv_relu_pool against conv2d_relu and max_pool2d one after the other (without a graph
+// both run oneDNN's convolutions; the run keeps its results in the blocked layout between
+// layers): the same bits. Layers with and without bias, pools with padding, ceil_mode and
+// two in a row, an input with a NaN; run twice with new weights (the prepared run is kept).
+TEST(ConvReluPool, RunEqualsTheOpsOneAfterAnother) {
+  auto conv = [](int64_t ci, int64_t co, int64_t k, int64_t st, int64_t pad, bool bias, uint64_t seed) {
+    ConvReluPoolLayer l;
+    l.weight = testing_util::randn({co, ci, k, k}, seed, DType::F32) * (1.0 / std::sqrt(double(ci * k * k)));
+    if (bias) l.bias = testing_util::randn({co}, seed + 1, DType::F32);
+    l.stride = st;
+    l.padding = pad;
+    return l;
+  };
+  auto pool = [](int64_t k, int64_t st, int64_t pad, bool ceil) {
+    ConvReluPoolLayer l;
+    l.pool = true;
+    l.kernel = k;
+    l.stride = st;
+    l.padding = pad;
+    l.ceil_mode = ceil;
+    return l;
+  };
+  const std::vector<std::vector<ConvReluPoolLayer>> runs = {
+      // AlexNet's features, smaller
+      {conv(3, 16, 11, 4, 2, true, 1), pool(3, 2, 0, false), conv(16, 24, 5, 1, 2, true, 3), pool(3, 2, 0, false),
+       conv(24, 32, 3, 1, 1, true, 5), conv(32, 16, 3, 1, 1, true, 7), pool(3, 2, 0, false)},
+      // no bias; padded, ceil_mode and back-to-back pools; odd channel counts
+      {conv(5, 7, 3, 1, 1, false, 9), pool(3, 2, 1, true), pool(2, 1, 0, false), conv(7, 9, 3, 2, 0, true, 11),
+       pool(2, 2, 0, true)}};
+  uint64_t seed = 50;
+  for (size_t r = 0; r < runs.size(); ++r)
+    for (int round = 0; round < 2; ++round) {
+      SCOPED_TRACE(::testing::Message() << "run " << r << " round " << round);
+      std::vector<ConvReluPoolLayer> layers = runs[r];
+      for (ConvReluPoolLayer& l : layers)
+        if (!l.pool) l.weight = l.weight * (1.0 + 0.5 * round);  // new weights in round 1
+      Tensor x = r == 0 ? testing_util::randn({2, 3, 131, 127}, ++seed, DType::F32)
+                        : testing_util::randn({2, 5, 37, 41}, ++seed, DType::F32);
+      x.data<float>()[17] = std::nanf("");
+      NoGradGuard ng;
+      const Tensor run = conv_relu_pool(x, layers);
+      Tensor h = x;
+      for (const ConvReluPoolLayer& l : layers)
+        h = l.pool ? max_pool2d(h, l.kernel, l.stride, l.padding, l.ceil_mode)
+                   : conv2d_relu(h, l.weight, l.bias, l.stride, l.padding);
+      ASSERT_EQ(run.shape(), h.shape());
+      const float *a = run.data<float>(), *b = h.data<float>();
+      int64_t positive = 0;
+      for (int64_t i = 0; i < run.numel(); ++i) {
+        positive += b[i] > 0;
+        ASSERT_TRUE(std::memcmp(&a[i], &b[i], sizeof(float)) == 0) << "at " << i << ": " << a[i] << " vs " << b[i];
+      }
+      EXPECT_GT(positive, run.numel() / 10);
+    }
+}
+
+// A max-pool first has no ReLU before it to keep NaN out: refused.
+TEST(ConvReluPool, MaxPoolFirstIsRefused) {
+  ConvReluPoolLayer p;
+  p.pool = true;
+  p.kernel = 2;
+  ConvReluPoolLayer c;
+  c.weight = testing_util::randn({4, 3, 3, 3}, 1, DType::F32);
+  EXPECT_THROW(conv_relu_pool(testing_util::randn({1, 3, 8, 8}, 2, DType::F32), {p, c}), std::exception);
+}
+
 // oneDNN's path keeps its primitives per shape and its blocked copies in buffers shared
 // by all shapes (the data gradient's copy of gy is used again by the weight gradient):
 // shapes taken in turn, small after large, each time with new data, still agree with

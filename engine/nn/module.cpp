@@ -112,14 +112,42 @@ void Sequential::push_back(std::shared_ptr<Module> m) {
 Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;
   const auto& ch = children();
-  for (size_t i = 0; i < ch.size(); ++i) {
-    const Module& m = *ch[i].second;
-    // A Conv2d followed by a ReLU (exactly those classes): one op, conv2d_relu.
-    if (typeid(m) == typeid(Conv2d) && i + 1 < ch.size() && typeid(*ch[i + 1].second) == typeid(ReLU)) {
-      h = static_cast<const Conv2d&>(m).forward_relu(h);
+  auto is = [&ch](size_t i, const std::type_info& t) { return i < ch.size() && typeid(*ch[i].second) == t; };
+  for (size_t i = 0; i < ch.size();) {
+    // Conv2d + ReLU pairs (exactly those classes) and the MaxPool2d after them: one op,
+    // conv_relu_pool (a single pair: conv2d_relu).
+    std::vector<ConvReluPoolLayer> run;
+    size_t j = i;
+    for (;;) {
+      if (is(j, typeid(Conv2d)) && is(j + 1, typeid(ReLU))) {
+        const auto& c = static_cast<const Conv2d&>(*ch[j].second);
+        ConvReluPoolLayer l;
+        l.weight = c.weight();
+        l.bias = c.bias();
+        l.stride = c.stride;
+        l.padding = c.padding;
+        run.push_back(l);
+        j += 2;
+      } else if (!run.empty() && is(j, typeid(MaxPool2d))) {
+        const auto& p = static_cast<const MaxPool2d&>(*ch[j].second);
+        ConvReluPoolLayer l;
+        l.pool = true;
+        l.kernel = p.kernel;
+        l.stride = p.stride;
+        l.padding = p.padding;
+        l.ceil_mode = p.ceil_mode;
+        run.push_back(l);
+        j += 1;
+      } else {
+        break;
+      }
+    }
+    if (run.empty()) {
+      h = ch[i].second->forward(h);
       ++i;
     } else {
-      h = ch[i].second->forward(h);
+      h = run.size() == 1 ? static_cast<const Conv2d&>(*ch[i].second).forward_relu(h) : conv_relu_pool(h, run);
+      i = j;
     }
   }
   return h;

@@ -5,6 +5,8 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "kernels/conv.h"
+#include "kernels/pool.h"
 
 namespace engine::detail {
 
@@ -48,5 +50,11 @@ inline Split3 split_at(const Shape& s, int64_t d) {
   }
   return r;
 }
+
+// The shapes of a convolution and of a max-pool on an input of shape x, after the checks
+// that conv2d and max_pool2d make (engine/ops/layers.cpp, engine/ops/pool.cpp).
+kernels::Conv2dShape conv2d_shape(const Shape& x, const Tensor& weight, const Tensor& bias, Size2 stride,
+                                  Size2 padding);
+kernels::Pool2dShape max_pool2d_shape(const Shape& x, Size2 kernel, Size2 stride, Size2 padding, bool ceil_mode);
 
 }  // namespace engine::detail

@@ -9,6 +9,29 @@
 
 namespace engine {
 
+kernels::Conv2dShape detail::conv2d_shape(const Shape& x, const Tensor& weight, const Tensor& bias, Size2 stride,
+                                          Size2 padding) {
+  ENGINE_CHECK(x.size() == 4, "conv2d: input must be [N, C, H, W], got shape ", shape_str(x));
+  ENGINE_CHECK(weight.dim() == 4, "conv2d: weight must be [C_out, C_in, kH, kW], got shape ",
+               shape_str(weight.shape()));
+  ENGINE_CHECK(x[1] == weight.size(1), "conv2d: input ", shape_str(x), " has ", x[1],
+               " channels but weight ", shape_str(weight.shape()), " expects ", weight.size(1));
+  if (bias.defined())
+    ENGINE_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "conv2d: bias ",
+                 shape_str(bias.shape()), " does not match weight ", shape_str(weight.shape()));
+  ENGINE_CHECK(stride.h > 0 && stride.w > 0 && padding.h >= 0 && padding.w >= 0,
+               "conv2d: stride must be positive and padding non-negative");
+  kernels::Conv2dShape s{};
+  s.N = x[0]; s.C = x[1]; s.H = x[2]; s.W = x[3];
+  s.Co = weight.size(0); s.kh = weight.size(2); s.kw = weight.size(3);
+  s.sh = stride.h; s.sw = stride.w; s.ph = padding.h; s.pw = padding.w;
+  ENGINE_CHECK(s.H + 2 * s.ph >= s.kh && s.W + 2 * s.pw >= s.kw, "conv2d: kernel ",
+               s.kh, "x", s.kw, " is larger than the padded input ", shape_str(x));
+  s.Ho = kernels::pooled_size(s.H, s.kh, s.sh, s.ph, 1, false);
+  s.Wo = kernels::pooled_size(s.W, s.kw, s.sw, s.pw, 1, false);
+  return s;
+}
+
 namespace {
 
 // conv2d, then ReLU when relu_after. Without a graph, in float32 through oneDNN, the
@@ -17,27 +40,8 @@ namespace {
 Tensor conv2d_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 stride, Size2 padding,
                    bool relu_after) {
   detail::check_compatible("conv2d", x, weight);
-  ENGINE_CHECK(x.dim() == 4, "conv2d: input must be [N, C, H, W], got shape ", shape_str(x.shape()));
-  ENGINE_CHECK(weight.dim() == 4, "conv2d: weight must be [C_out, C_in, kH, kW], got shape ",
-               shape_str(weight.shape()));
-  ENGINE_CHECK(x.size(1) == weight.size(1), "conv2d: input ", shape_str(x.shape()), " has ",
-               x.size(1), " channels but weight ", shape_str(weight.shape()), " expects ",
-               weight.size(1));
-  if (bias.defined()) {
-    detail::check_compatible("conv2d", x, bias);
-    ENGINE_CHECK(bias.dim() == 1 && bias.size(0) == weight.size(0), "conv2d: bias ",
-                 shape_str(bias.shape()), " does not match weight ", shape_str(weight.shape()));
-  }
-  ENGINE_CHECK(stride.h > 0 && stride.w > 0 && padding.h >= 0 && padding.w >= 0,
-               "conv2d: stride must be positive and padding non-negative");
-  kernels::Conv2dShape s{};
-  s.N = x.size(0); s.C = x.size(1); s.H = x.size(2); s.W = x.size(3);
-  s.Co = weight.size(0); s.kh = weight.size(2); s.kw = weight.size(3);
-  s.sh = stride.h; s.sw = stride.w; s.ph = padding.h; s.pw = padding.w;
-  ENGINE_CHECK(s.H + 2 * s.ph >= s.kh && s.W + 2 * s.pw >= s.kw, "conv2d: kernel ",
-               s.kh, "x", s.kw, " is larger than the padded input ", shape_str(x.shape()));
-  s.Ho = kernels::pooled_size(s.H, s.kh, s.sh, s.ph, 1, false);
-  s.Wo = kernels::pooled_size(s.W, s.kw, s.sw, s.pw, 1, false);
+  if (bias.defined()) detail::check_compatible("conv2d", x, bias);
+  const kernels::Conv2dShape s = detail::conv2d_shape(x.shape(), weight, bias, stride, padding);
 
   // CUDA: cuDNN. CPU: float32 through oneDNN where the build has it; float64 (gradient
   // checks) and builds without it through im2col + GEMM.
@@ -89,6 +93,50 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 s
 
 Tensor conv2d_relu(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 stride, Size2 padding) {
   return conv2d_impl(x, weight, bias, stride, padding, true);
+}
+
+Tensor conv_relu_pool(const Tensor& x, const std::vector<ConvReluPoolLayer>& layers) {
+  ENGINE_CHECK(x.defined(), "conv_relu_pool: undefined input");
+  TensorList inputs{x};
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const ConvReluPoolLayer& l = layers[i];
+    ENGINE_CHECK(!l.pool || !layers[0].pool, "conv_relu_pool: layer ", i,
+                 " is a max-pool with no convolution before it");
+    if (l.pool) continue;
+    detail::check_compatible("conv_relu_pool", x, l.weight);
+    if (l.bias.defined()) detail::check_compatible("conv_relu_pool", x, l.bias);
+    inputs.push_back(l.weight);
+    inputs.push_back(l.bias);
+  }
+  const bool chain = x.device().is_cpu() && x.dtype() == DType::F32 && kernels::conv2d_dnnl_available() &&
+                     layers.size() > 1 && !needs_graph(inputs);
+  if (!chain) {  // one op after another
+    Tensor h = x;
+    for (const ConvReluPoolLayer& l : layers)
+      h = l.pool ? max_pool2d(h, l.kernel, l.stride, l.padding, l.ceil_mode)
+                 : conv2d_relu(h, l.weight, l.bias, l.stride, l.padding);
+    return h;
+  }
+  std::vector<kernels::DnnlChainLayer> ks(layers.size());
+  Shape shape = x.shape();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const ConvReluPoolLayer& l = layers[i];
+    kernels::DnnlChainLayer& k = ks[i];
+    k.pool = l.pool;
+    if (l.pool) {
+      k.pool_shape = detail::max_pool2d_shape(shape, l.kernel, l.stride, l.padding, l.ceil_mode);
+      shape = {k.pool_shape.N, k.pool_shape.C, k.pool_shape.Ho, k.pool_shape.Wo};
+    } else {
+      k.conv = detail::conv2d_shape(shape, l.weight, l.bias, l.stride, l.padding);
+      k.w = l.weight.data<float>();
+      k.b = l.bias.defined() ? l.bias.data<float>() : nullptr;
+      k.relu = true;
+      shape = {k.conv.N, k.conv.Co, k.conv.Ho, k.conv.Wo};
+    }
+  }
+  Tensor y = Tensor::empty(shape, DType::F32, x.device());
+  kernels::chain_forward_dnnl(x.data<float>(), ks, y.data<float>());
+  return y;
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {

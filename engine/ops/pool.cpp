@@ -7,9 +7,9 @@
 
 namespace engine {
 
-Tensor max_pool2d(const Tensor& x, Size2 kernel, Size2 stride, Size2 padding, bool ceil_mode) {
-  ENGINE_CHECK(x.defined(), "max_pool2d: undefined input");
-  ENGINE_CHECK(x.dim() == 4, "max_pool2d: input must be [N, C, H, W], got shape ", shape_str(x.shape()));
+kernels::Pool2dShape detail::max_pool2d_shape(const Shape& x, Size2 kernel, Size2 stride, Size2 padding,
+                                              bool ceil_mode) {
+  ENGINE_CHECK(x.size() == 4, "max_pool2d: input must be [N, C, H, W], got shape ", shape_str(x));
   if (stride.h == 0 && stride.w == 0) stride = kernel;
   ENGINE_CHECK(kernel.h > 0 && kernel.w > 0 && stride.h > 0 && stride.w > 0,
                "max_pool2d: kernel and stride must be positive");
@@ -17,13 +17,19 @@ Tensor max_pool2d(const Tensor& x, Size2 kernel, Size2 stride, Size2 padding, bo
                "max_pool2d: padding (", padding.h, ", ", padding.w,
                ") must be at most half the kernel (", kernel.h, ", ", kernel.w, ")");
   kernels::Pool2dShape s{};
-  s.N = x.size(0); s.C = x.size(1); s.H = x.size(2); s.W = x.size(3);
+  s.N = x[0]; s.C = x[1]; s.H = x[2]; s.W = x[3];
   s.kh = kernel.h; s.kw = kernel.w; s.sh = stride.h; s.sw = stride.w; s.ph = padding.h; s.pw = padding.w;
   s.Ho = kernels::pooled_size(s.H, s.kh, s.sh, s.ph, 1, ceil_mode);
   s.Wo = kernels::pooled_size(s.W, s.kw, s.sw, s.pw, 1, ceil_mode);
   ENGINE_CHECK(s.H + 2 * s.ph >= s.kh && s.W + 2 * s.pw >= s.kw && s.Ho > 0 && s.Wo > 0,
-               "max_pool2d: kernel ", s.kh, "x", s.kw, " does not fit input ", shape_str(x.shape()),
+               "max_pool2d: kernel ", s.kh, "x", s.kw, " does not fit input ", shape_str(x),
                " with padding ", s.ph, "x", s.pw);
+  return s;
+}
+
+Tensor max_pool2d(const Tensor& x, Size2 kernel, Size2 stride, Size2 padding, bool ceil_mode) {
+  ENGINE_CHECK(x.defined(), "max_pool2d: undefined input");
+  const kernels::Pool2dShape s = detail::max_pool2d_shape(x.shape(), kernel, stride, padding, ceil_mode);
   Tensor y = Tensor::empty({s.N, s.C, s.Ho, s.Wo}, x.dtype(), x.device());
   // The argmax is kept only for a backward pass (and always on CUDA, whose kernel writes it).
   const bool graph = needs_graph({x});

@@ -13,13 +13,16 @@
 // core.
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
 #include <new>
 #include <optional>
+#include <stdexcept>
 #include <unordered_map>
+#include <vector>
 
 #include "kernels/conv.h"
 #include "kernels/cpu/dnnl_context.h"
@@ -217,7 +220,142 @@ std::mutex& mu() {
   return m;
 }
 
+// ---- a run of layers in the blocked layout ----------------------------------------------
+
+// The shapes of a run, as words: what a prepared run is found by.
+std::vector<int64_t> chain_key(const std::vector<DnnlChainLayer>& layers) {
+  std::vector<int64_t> k;
+  for (const DnnlChainLayer& l : layers) {
+    k.push_back(l.pool ? 1 : (2 + (l.b != nullptr) + 2 * l.relu));
+    const auto* v = l.pool ? reinterpret_cast<const int64_t*>(&l.pool_shape) : reinterpret_cast<const int64_t*>(&l.conv);
+    const size_t n = (l.pool ? sizeof(l.pool_shape) : sizeof(l.conv)) / sizeof(int64_t);
+    k.insert(k.end(), v, v + n);
+  }
+  return k;
+}
+static_assert(sizeof(Pool2dShape) % sizeof(int64_t) == 0, "Pool2dShape is read as int64_t words");
+struct ChainKeyHash {
+  size_t operator()(const std::vector<int64_t>& k) const {
+    size_t h = 0xcbf29ce484222325ull;
+    for (int64_t v : k) h = (h ^ static_cast<size_t>(v)) * 0x100000001b3ull;
+    return h;
+  }
+};
+
+struct ChainStep {
+  std::optional<dnnl::reorder> to_src;  // the previous result into this layer's layout
+  memory::desc src, dst;
+  dnnl::primitive prim;
+  Operand wei;  // a convolution's weights, from OIHW
+};
+
+struct Chain {
+  memory::desc in, out;  // NCHW
+  std::vector<ChainStep> steps;
+  dnnl::reorder to_out;
+  size_t bytes = 0;  // the largest blocked activation
+
+  explicit Chain(const std::vector<DnnlChainLayer>& layers) {
+    auto& eng = ctx().eng;
+    const DnnlChainLayer& first = layers.front();
+    in = first.pool ? nchw({first.pool_shape.N, first.pool_shape.C, first.pool_shape.H, first.pool_shape.W})
+                    : nchw({first.conv.N, first.conv.C, first.conv.H, first.conv.W});
+    memory::desc prev = in;
+    for (const DnnlChainLayer& l : layers) {
+      ChainStep st;
+      if (l.pool) {
+        const Pool2dShape& p = l.pool_shape;
+        // oneDNN's output size is floor((H + pad_l + pad_r - k) / s) + 1: pad_r makes it
+        // the engine's (ceil_mode included); padding never wins a max in oneDNN either.
+        const int64_t rh = std::max<int64_t>(0, (p.Ho - 1) * p.sh + p.kh - p.H - p.ph);
+        const int64_t rw = std::max<int64_t>(0, (p.Wo - 1) * p.sw + p.kw - p.W - p.pw);
+        const dnnl::pooling_forward::primitive_desc pd(
+            dnnl::pooling_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::pooling_max, prev,
+                                        any({p.N, p.C, p.Ho, p.Wo}), {p.sh, p.sw}, {p.kh, p.kw}, {p.ph, p.pw},
+                                        {rh, rw}),
+            eng);
+        st.src = pd.src_desc();
+        st.dst = pd.dst_desc();
+        st.prim = dnnl::pooling_forward(pd);
+      } else {
+        const Descs d = descs(l.conv);
+        const auto pd = forward_pd(d, l.b != nullptr, l.relu);
+        st.src = pd.src_desc();
+        st.dst = pd.dst_desc();
+        st.wei = Operand(oihw(d.wei), pd.weights_desc(), kWei, true);
+        st.prim = Fwd(pd);
+      }
+      if (st.src != prev) st.to_src = dnnl::reorder(dnnl::reorder::primitive_desc(eng, prev, eng, st.src));
+      bytes = std::max({bytes, st.src.get_size(), st.dst.get_size()});
+      prev = st.dst;
+      steps.push_back(std::move(st));
+    }
+    out = nchw(prev.dims());
+    to_out = dnnl::reorder(dnnl::reorder::primitive_desc(eng, prev, eng, out));
+  }
+};
+
+// Two buffers for the blocked activations, used in turn.
+Scratch& chain_buffer(int i) {
+  static Scratch s[2];
+  return s[i];
+}
+
+struct ChainCache {
+  std::unordered_map<std::vector<int64_t>, std::unique_ptr<Chain>, ChainKeyHash> map;
+};
+ChainCache& chain_cache() {
+  ctx();
+  static ChainCache c;
+  return c;
+}
+
 }  // namespace
+
+void chain_forward_dnnl(const float* x, const std::vector<DnnlChainLayer>& layers, float* y) {
+  if (layers.empty()) throw std::invalid_argument("chain_forward_dnnl: no layers");
+  std::lock_guard<std::mutex> lock(mu());
+  auto& map = chain_cache().map;
+  std::vector<int64_t> key = chain_key(layers);
+  auto it = map.find(key);
+  if (it == map.end()) {
+    if (map.size() >= kMaxShapes) map.clear();
+    it = map.emplace(std::move(key), std::make_unique<Chain>(layers)).first;
+  }
+  const Chain& c = *it->second;
+  auto& eng = ctx().eng;
+  auto& strm = ctx().strm;
+  memory cur(c.in, eng, const_cast<float*>(x));
+  int held = -1;  // the buffer that holds cur (-1: the caller's x)
+  auto other = [&held] { return held == 0 ? 1 : 0; };
+  for (size_t i = 0; i < c.steps.size(); ++i) {
+    const ChainStep& st = c.steps[i];
+    if (st.to_src) {
+      const int t = other();
+      memory m(st.src, eng, chain_buffer(t).get(c.bytes));
+      st.to_src->execute(strm, cur, m);
+      cur = m;
+      held = t;
+    }
+    const int o = other();
+    memory dst(st.dst, eng, chain_buffer(o).get(c.bytes));
+    if (layers[i].pool) {
+      st.prim.execute(strm, {{DNNL_ARG_SRC, cur}, {DNNL_ARG_DST, dst}});
+    } else {
+      const DnnlChainLayer& l = layers[i];
+      std::unordered_map<int, memory> args{{DNNL_ARG_SRC, cur},
+                                           {DNNL_ARG_WEIGHTS, st.wei.prepare(const_cast<float*>(l.w), true)},
+                                           {DNNL_ARG_DST, dst}};
+      if (l.b != nullptr) args[DNNL_ARG_BIAS] = memory({{l.conv.Co}, dt::f32, tag::x}, eng, const_cast<float*>(l.b));
+      st.prim.execute(strm, args);
+    }
+    cur = dst;
+    held = o;
+  }
+  memory out(c.out, eng, y);
+  const_cast<dnnl::reorder&>(c.to_out).execute(strm, cur, out);
+  strm.wait();
+}
 
 bool conv2d_dnnl_available() { return true; }
 

@@ -15,6 +15,10 @@ void conv2d_backward_dnnl(const float*, const float*, const float*, float*, floa
   throw std::runtime_error("this engine was built without oneDNN");
 }
 
+void chain_forward_dnnl(const float*, const std::vector<DnnlChainLayer>&, float*) {
+  throw std::runtime_error("this engine was built without oneDNN");
+}
+
 bool gemm_dnnl_available() { return false; }
 void gemm_dnnl(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float,
                float*, int64_t) {
