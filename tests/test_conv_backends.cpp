@@ -1,6 +1,7 @@
 // The two CPU convolution paths agree: oneDNN (float32, used by conv2d when the build
 // has it) against im2col + GEMM (the reference, which the f64 gradient checks cover),
-// forward and every gradient, on odd shapes, strides, paddings and batch sizes.
+// forward and every gradient, on odd shapes, strides, paddings and batch sizes. (With at
+// most 4 input channels oneDNN's entry point takes the data gradient from im2col + GEMM.)
 #include <cmath>
 #include <cstring>
 
