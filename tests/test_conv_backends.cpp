@@ -66,10 +66,10 @@ TEST_P(ConvBackends, OneDnnMatchesIm2col) {
   EXPECT_ALL_CLOSE(only_gb, c.gb, 1e-4, c.tol_w);
 }
 
-// conv2d_relu against conv2d then relu, as ops: without a graph the ReLU is applied by
-// oneDNN's convolution (a post-op), which must give the same bits, NaN included (the
-// input has one: it spreads through every window that holds it); with a graph the two
-// ops are recorded, and the gradients agree too.
+// conv2d_relu against conv2d then relu, as ops: the ReLU is applied by oneDNN's
+// convolution (a post-op), which must give the same bits, NaN included (the input has
+// one: it spreads through every window that holds it); with a graph, one node against
+// two, and every gradient agrees bit for bit too.
 TEST_P(ConvBackends, ReluFusedEqualsConvThenRelu) {
   const kernels::Conv2dShape s = shape_of(GetParam());
   Tensor x = testing_util::randn({s.N, s.C, s.H, s.W}, 11, DType::F32);
@@ -96,11 +96,15 @@ TEST_P(ConvBackends, ReluFusedEqualsConvThenRelu) {
   const Tensor xs = testing_util::randn({s.N, s.C, s.H, s.W}, 14, DType::F32);
   const Tensor gy = testing_util::randn({s.N, s.Co, s.Ho, s.Wo}, 15, DType::F32);
   Tensor x1 = xs.detach().requires_grad_(), x2 = xs.detach().requires_grad_();
-  const Tensor y1 = conv2d_relu(x1, w, b, stride, pad), y2 = relu(conv2d(x2, w, b, stride, pad));
+  Tensor w1 = w.detach().requires_grad_(), w2 = w.detach().requires_grad_();
+  Tensor b1 = b.detach().requires_grad_(), b2 = b.detach().requires_grad_();
+  const Tensor y1 = conv2d_relu(x1, w1, b1, stride, pad), y2 = relu(conv2d(x2, w2, b2, stride, pad));
   sum(y1 * gy).backward();
   sum(y2 * gy).backward();
   EXPECT_ALL_CLOSE(y1, y2, 0, 0);
   EXPECT_ALL_CLOSE(x1.grad(), x2.grad(), 0, 0);
+  EXPECT_ALL_CLOSE(w1.grad(), w2.grad(), 0, 0);
+  EXPECT_ALL_CLOSE(b1.grad(), b2.grad(), 0, 0);
 }
 
 // conv_relu_pool against conv2d_relu and max_pool2d one after the other (without a graph

@@ -4,6 +4,7 @@
 #include "engine/ops/common.h"
 #include "kernels/common.h"
 #include "kernels/conv.h"
+#include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/reduce.h"
 
@@ -34,9 +35,10 @@ kernels::Conv2dShape detail::conv2d_shape(const Shape& x, const Tensor& weight, 
 
 namespace {
 
-// conv2d, then ReLU when relu_after. Without a graph, in float32 through oneDNN, the
-// convolution applies the ReLU as it writes its output (a oneDNN post-op): one pass over
-// the output instead of two. Otherwise relu() follows conv2d() as two ops.
+// conv2d, then ReLU when relu_after. In float32 through oneDNN the convolution applies
+// the ReLU as it writes its output (a oneDNN post-op): one pass over the output instead
+// of two; with a graph, one node whose backward masks the gradient by the output first,
+// as relu's does. Otherwise relu() follows conv2d() as two ops.
 Tensor conv2d_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 stride, Size2 padding,
                    bool relu_after) {
   detail::check_compatible("conv2d", x, weight);
@@ -48,7 +50,7 @@ Tensor conv2d_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, Si
   const bool cuda = x.device().is_cuda();
   const bool dnnl = !cuda && x.dtype() == DType::F32 && kernels::conv2d_dnnl_available();
   const bool graph = needs_graph({x, weight, bias});
-  const bool fused = relu_after && dnnl && !graph;
+  const bool fused = relu_after && dnnl;
   Tensor y = Tensor::empty({s.N, s.Co, s.Ho, s.Wo}, x.dtype(), x.device());
   dispatch_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
@@ -63,7 +65,14 @@ Tensor conv2d_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, Si
   // Save only what the needed gradients read: x for the weight gradient, w for the input's.
   const Tensor sx = weight.requires_grad() ? x.detach() : Tensor();
   const Tensor sw = x.requires_grad() ? weight.detach() : Tensor();
-  Tensor out = record(y, {x, weight, bias}, "conv2d", [sx, sw, s, cuda, dnnl](const Tensor& g, const std::vector<bool>& needs) {
+  const Tensor mask = fused ? y.detach() : Tensor();  // the ReLU's output, for its gradient
+  Tensor out = record(y, {x, weight, bias}, fused ? "conv2d_relu" : "conv2d",
+                      [sx, sw, s, cuda, dnnl, mask](const Tensor& gy, const std::vector<bool>& needs) {
+    Tensor g = gy;
+    if (mask.defined()) {  // float32 on the CPU
+      g = Tensor::empty(gy.shape(), gy.dtype(), gy.device());
+      kernels::relu_backward_cpu<float>(gy.data<float>(), mask.data<float>(), g.data<float>(), gy.numel());
+    }
     Tensor gx = needs[0] ? Tensor::empty({s.N, s.C, s.H, s.W}, g.dtype(), g.device()) : Tensor();
     Tensor gw = needs[1] ? Tensor::empty({s.Co, s.C, s.kh, s.kw}, g.dtype(), g.device()) : Tensor();
     Tensor gb = needs[2] ? Tensor::empty({s.Co}, g.dtype(), g.device()) : Tensor();
@@ -82,7 +91,7 @@ Tensor conv2d_impl(const Tensor& x, const Tensor& weight, const Tensor& bias, Si
     });
     return TensorList{gx, gw, gb};
   });
-  return relu_after ? relu(out) : out;
+  return relu_after && !fused ? relu(out) : out;
 }
 
 }  // namespace
