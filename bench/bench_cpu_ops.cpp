@@ -9,8 +9,8 @@
 //
 // Rows, at batch 1, 64 and 128:
 //   Conv/<layer>/<impl>: conv1-conv5 forward. impl: `engine` (engine::conv2d: oneDNN with
-//     the engine's NCHW tensors, reordered in and out), `im2col_openblas` (the engine's
-//     im2col + OpenBLAS GEMM path, used for float64 and builds without oneDNN),
+//     the engine's NCHW tensors, reordered in and out), `im2col_openblas` (OpenBLAS as
+//     Caffe used it: per image, the engine's im2col, one cblas_sgemm, the bias),
 //     `onednn_blocked` (oneDNN's primitive alone, on data already in its blocked layout:
 //     what oneDNN can do without the reorders).
 //   Gemm/<layer>/<impl>: fc6-fc8 forward, y = x W^T + b. impl: `engine`
@@ -191,8 +191,22 @@ void BM_ConvIm2col(benchmark::State& state, int layer) {
   Generator g(1);
   Tensor x = Tensor::randn({s.N, s.C, s.H, s.W}, g), w = Tensor::randn({s.Co, s.C, s.kh, s.kw}, g),
          b = Tensor::randn({s.Co}, g), y = Tensor::empty({s.N, s.Co, s.Ho, s.Wo});
+  // Caffe's way, with OpenBLAS: per image, the im2col matrix, one cblas_sgemm, the bias.
+  kernels::Conv2dShape one = s;
+  one.N = 1;
+  const int64_t K = s.C * s.kh * s.kw, P = s.Ho * s.Wo;
+  std::vector<float> col(static_cast<size_t>(K * P));
   const double sec = timed(state, [&] {
-    kernels::conv2d_forward_cpu<float>(x.data<float>(), w.data<float>(), b.data<float>(), y.data<float>(), s);
+    for (int64_t n = 0; n < s.N; ++n) {
+      float* yn = y.data<float>() + n * s.Co * P;
+      kernels::im2col_cpu<float>(x.data<float>() + n * s.C * s.H * s.W, col.data(), one, P);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(s.Co), static_cast<int>(P),
+                  static_cast<int>(K), 1.0f, w.data<float>(), static_cast<int>(K), col.data(), static_cast<int>(P),
+                  0.0f, yn, static_cast<int>(P));
+      const float* bp = b.data<float>();
+      for (int64_t o = 0; o < s.Co; ++o)
+        for (int64_t p = 0; p < P; ++p) yn[o * P + p] += bp[o];
+    }
     benchmark::ClobberMemory();
   });
   set_flops(state, conv_flops(s), sec);
