@@ -1,7 +1,10 @@
 // float32 conv2d through oneDNN (Debian's libdnnl), the CPU counterpart of cuDNN on the
-// GPU: forward, backward-data and backward-weights (with the bias gradient). The
-// primitives choose their own blocked layouts (format "any"); activations and weights
-// are reordered from and to the engine's NCHW / OIHW around each call.
+// GPU: forward (optionally with a ReLU post-op), backward-data and backward-weights (with
+// the bias gradient). The primitives choose their own blocked layouts (format "any");
+// activations and weights are reordered from and to the engine's NCHW / OIHW around each
+// call. A run of layers (chain_forward_dnnl: convolutions and max-pools, forward only)
+// stays in the blocked layout between its layers. The data gradient of a convolution
+// with few input channels goes to im2col + GEMM, which is faster there.
 //
 // Everything a call needs besides the data is made once per shape and kept: the
 // primitive descriptors, the primitives and the reorders (oneDNN would find the compiled
