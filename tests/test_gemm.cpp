@@ -63,3 +63,14 @@ TEST(Gemm, LargerShapesMatchNaiveProductForEveryLayout) {
         check<double>(ta, tb, 67, 130, 257, beta_zero);
       }
 }
+
+// Empty products on shapes that take oneDNN's blocked kernels: C untouched where it has no
+// element to write, beta * C where the sum over k is empty (K = 0).
+TEST(Gemm, EmptyProductsOnLargeShapes) {
+  std::vector<float> a(64 * 1024, 1.0f), b(1024 * 512, 1.0f), c(64 * 512, 7.0f);
+  kernels::gemm_cpu<float>(false, true, 0, 512, 1024, 1.0f, a.data(), 1024, b.data(), 1024, 0.0f, c.data(), 512);
+  kernels::gemm_cpu<float>(false, true, 64, 0, 1024, 1.0f, a.data(), 1024, b.data(), 1024, 0.0f, c.data(), 512);
+  for (float v : c) ASSERT_EQ(v, 7.0f);
+  kernels::gemm_cpu<float>(false, true, 64, 512, 0, 1.0f, a.data(), 1024, b.data(), 1024, 0.5f, c.data(), 512);
+  for (float v : c) ASSERT_EQ(v, 3.5f);
+}

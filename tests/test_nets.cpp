@@ -70,6 +70,25 @@ TEST(AlexNet, OutputShapeForAnyClassCountAndInputSize) {
   EXPECT_EQ(net(testing_util::randn({1, 3, 99, 131}, 5, DType::F32)).shape(), (Shape{1, 7}));
 }
 
+// An empty batch gives an empty output, without a graph (the blocked chain, oneDNN's
+// matmul) and with one, through the backward pass.
+TEST(AlexNet, EmptyBatchGivesAnEmptyOutput) {
+  Generator g(2), d(3);
+  nets::AlexNet net(7, 0.5, &g, &d);
+  net.eval();
+  {
+    NoGradGuard ng;
+    EXPECT_EQ(net(Tensor::zeros({0, 3, 224, 224})).shape(), (Shape{0, 7}));
+  }
+  net.train();
+  const Tensor x = Tensor::zeros({0, 3, 224, 224}).requires_grad_();
+  const Tensor y = net(x);
+  EXPECT_EQ(y.shape(), (Shape{0, 7}));
+  sum(y).backward();
+  EXPECT_EQ(x.grad().shape(), x.shape());
+  EXPECT_EQ(net.parameter("classifier.6.weight").grad().shape(), (Shape{7, 4096}));
+}
+
 TEST(SqueezeNet, ParameterNamesAndShapesAreTorchvisions) {
   Generator g(6);
   nets::SqueezeNet net(1000, 0.5, &g);

@@ -36,6 +36,7 @@ const char* blas_threading() {
 template <typename T>
 void gemm_cpu(bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
               int64_t ldb, T beta, T* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;  // nothing to write (BLAS returns at once; oneDNN's matmul would not)
   if (M == 1 && K > 0) {
     // C[0, :] = alpha * a * op(B) + beta * C[0, :], a the single row of op(A).
     const int64_t inc_a = ta ? lda : 1;
