@@ -115,7 +115,7 @@ Tensor Sequential::forward(const Tensor& x) {
   auto is = [&ch](size_t i, const std::type_info& t) { return i < ch.size() && typeid(*ch[i].second) == t; };
   for (size_t i = 0; i < ch.size();) {
     // Conv2d + ReLU pairs (exactly those classes) and the MaxPool2d after them: one op,
-    // conv_relu_pool (a single pair: conv2d_relu).
+    // conv_relu_pool.
     std::vector<ConvReluPoolLayer> run;
     size_t j = i;
     for (;;) {
@@ -146,7 +146,7 @@ Tensor Sequential::forward(const Tensor& x) {
       h = ch[i].second->forward(h);
       ++i;
     } else {
-      h = run.size() == 1 ? static_cast<const Conv2d&>(*ch[i].second).forward_relu(h) : conv_relu_pool(h, run);
+      h = conv_relu_pool(h, run);
       i = j;
     }
   }
@@ -176,10 +176,6 @@ Conv2d::Conv2d(int64_t in, int64_t out, Size2 kernel, Size2 stride, Size2 paddin
 
 Tensor Conv2d::forward(const Tensor& x) {
   return conv2d(x, weight(), bias(), stride, padding);
-}
-
-Tensor Conv2d::forward_relu(const Tensor& x) const {
-  return conv2d_relu(x, weight(), bias(), stride, padding);
 }
 
 std::string Conv2d::name() const {

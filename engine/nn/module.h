@@ -84,7 +84,6 @@ class Conv2d : public Module {
   Conv2d(int64_t in, int64_t out, Size2 kernel, Size2 stride = 1, Size2 padding = 0, bool bias = true,
          Generator* gen = nullptr);
   Tensor forward(const Tensor& x) override;
-  Tensor forward_relu(const Tensor& x) const;  // relu(forward(x)) as one op: conv2d_relu
   std::string name() const override;
   Tensor weight() const { return own_parameter("weight"); }
   Tensor bias() const { return own_parameter("bias"); }  // undefined without bias

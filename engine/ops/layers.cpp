@@ -106,11 +106,10 @@ Tensor conv2d_relu(const Tensor& x, const Tensor& weight, const Tensor& bias, Si
 
 Tensor conv_relu_pool(const Tensor& x, const std::vector<ConvReluPoolLayer>& layers) {
   ENGINE_CHECK(x.defined(), "conv_relu_pool: undefined input");
+  ENGINE_CHECK(layers.empty() || !layers[0].pool, "conv_relu_pool: the first layer is a max-pool, with no "
+               "convolution before it");
   TensorList inputs{x};
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const ConvReluPoolLayer& l = layers[i];
-    ENGINE_CHECK(!l.pool || !layers[0].pool, "conv_relu_pool: layer ", i,
-                 " is a max-pool with no convolution before it");
+  for (const ConvReluPoolLayer& l : layers) {
     if (l.pool) continue;
     detail::check_compatible("conv_relu_pool", x, l.weight);
     if (l.bias.defined()) detail::check_compatible("conv_relu_pool", x, l.bias);

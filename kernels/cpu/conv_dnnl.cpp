@@ -359,7 +359,7 @@ void chain_forward_dnnl(const float* x, const std::vector<DnnlChainLayer>& layer
     held = o;
   }
   memory out(c.out, eng, y);
-  const_cast<dnnl::reorder&>(c.to_out).execute(strm, cur, out);
+  c.to_out.execute(strm, cur, out);
   strm.wait();
 }
 
