@@ -359,6 +359,32 @@ TEST_P(CudaTyped, Conv2dAlexNetConv1MatchesCpu) {
                         rtol_for(t));
 }
 
+// conv2d_relu and conv_relu_pool: on CUDA the ops one after another, on the CPU (float32)
+// oneDNN's fused convolution and, for the forward without a graph, the blocked chain.
+TEST_P(CudaTyped, Conv2dReluAndConvReluPoolMatchCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  const ConvCase c = kAlexNetConvs[1];
+  const Tensor x = leaf(randn({c.N, c.C, c.H, c.W}, 143, t));
+  const Tensor w = leaf(mul(randn({c.Co, c.C, c.kh, c.kw}, 144, t), 0.05).detach());
+  const Tensor b = leaf(randn({c.Co}, 145, t));
+  expect_op_matches_cpu([](const TensorList& in) { return conv2d_relu(in[0], in[1], in[2], 1, 2); }, {x, w, b},
+                        rtol_for(t));
+  auto run = [](const TensorList& in) {
+    ConvReluPoolLayer conv, pool;
+    conv.weight = in[1];
+    conv.bias = in[2];
+    conv.padding = 2;
+    pool.pool = true;
+    pool.kernel = 3;
+    pool.stride = 2;
+    return conv_relu_pool(in[0], {conv, pool});
+  };
+  expect_op_matches_cpu(run, {x, w, b}, rtol_for(t));
+  NoGradGuard ng;
+  expect_op_matches_cpu(run, {x.detach(), w.detach(), b.detach()}, rtol_for(t));
+}
+
 TEST_P(CudaTyped, LinearMatchesCpu) {
   SKIP_WITHOUT_CUDA();
   const DType t = GetParam();

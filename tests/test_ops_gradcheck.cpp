@@ -202,6 +202,33 @@ TEST(AbsMax, ValuesShapesAndNoGradient) {
     }
 }
 
+// ---- conv2d_relu and conv_relu_pool (in float64 the ops one after another; float32 is
+// checked bit for bit against these in test_conv_backends) ------------------------------
+
+TEST(Conv2dRelu, GradcheckF64) {
+  Tensor x = leaf(randn({2, 3, 7, 9}, 180)), w = leaf(randn({4, 3, 3, 3}, 181)), b = leaf(randn({4}, 182));
+  EXPECT_GRADCHECK([](const TensorList& in) { return conv2d_relu(in[0], in[1], in[2], 2, 1); }, {x, w, b});
+}
+
+TEST(ConvReluPool, GradcheckF64) {
+  Tensor x = leaf(randn({1, 2, 11, 10}, 183)), w1 = leaf(randn({3, 2, 3, 3}, 184)), b1 = leaf(randn({3}, 185));
+  Tensor w2 = leaf(randn({4, 3, 2, 2}, 186));
+  EXPECT_GRADCHECK(
+      [](const TensorList& in) {
+        ConvReluPoolLayer c1, pool, c2;
+        c1.weight = in[1];
+        c1.bias = in[2];
+        c1.padding = 1;
+        pool.pool = true;
+        pool.kernel = 3;
+        pool.stride = 2;
+        pool.ceil_mode = true;
+        c2.weight = in[3];
+        return conv_relu_pool(in[0], {c1, pool, c2});
+      },
+      {x, w1, b1, w2});
+}
+
 // ---- max_pool2d ------------------------------------------------------------------------
 
 TEST(MaxPool2d, GradcheckK3S2F64) { pool_check({2, 3, 9, 11}, 3, 2, 0, false, 400); }
