@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kernels/pool.h"
@@ -43,6 +44,12 @@ void conv2d_forward_dnnl(const float* x, const float* w, const float* b, float* 
                          bool relu = false);
 void conv2d_backward_dnnl(const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
                           const Conv2dShape& s);
+// oneDNN's names for the kernels it chose for a shape's three passes ("jit:avx512_core",
+// "jit_wino_4x3:avx512_core", ...): the algorithm is picked per shape (see conv_dnnl.cpp).
+struct DnnlConvImplementations {
+  std::string forward, backward_data, backward_weights;
+};
+DnnlConvImplementations conv2d_dnnl_implementations(const Conv2dShape& s, bool bias);
 
 // A run of convolutions (each with or without a ReLU post-op) and max-pools, float32,
 // forward only, through oneDNN: the NCHW input is reordered once into oneDNN's blocked

@@ -3,7 +3,9 @@
 // forward and every gradient, on odd shapes, strides, paddings and batch sizes. (With at
 // most 4 input channels oneDNN's entry point takes the data gradient from im2col + GEMM.)
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "kernels/common.h"
 #include "kernels/conv.h"
@@ -135,7 +137,10 @@ TEST(ConvReluPool, RunEqualsTheOpsOneAfterAnother) {
        conv(24, 32, 3, 1, 1, true, 5), conv(32, 16, 3, 1, 1, true, 7), pool(3, 2, 0, false)},
       // no bias; padded, ceil_mode and back-to-back pools; odd channel counts
       {conv(5, 7, 3, 1, 1, false, 9), pool(3, 2, 1, true), pool(2, 1, 0, false), conv(7, 9, 3, 2, 0, true, 11),
-       pool(2, 2, 0, true)}};
+       pool(2, 2, 0, true)},
+      // a batch of 16 with 64 channels: Winograd convolutions (on a CPU with AVX-512)
+      {conv(64, 64, 3, 1, 1, true, 13), conv(64, 96, 3, 1, 1, false, 15), pool(3, 2, 0, false)}};
+  const std::vector<std::vector<int64_t>> inputs = {{2, 3, 131, 127}, {2, 5, 37, 41}, {16, 64, 13, 13}};
   uint64_t seed = 50;
   for (size_t r = 0; r < runs.size(); ++r)
     for (int round = 0; round < 2; ++round) {
@@ -143,8 +148,7 @@ TEST(ConvReluPool, RunEqualsTheOpsOneAfterAnother) {
       std::vector<ConvReluPoolLayer> layers = runs[r];
       for (ConvReluPoolLayer& l : layers)
         if (!l.pool) l.weight = l.weight * (1.0 + 0.5 * round);  // new weights in round 1
-      Tensor x = r == 0 ? testing_util::randn({2, 3, 131, 127}, ++seed, DType::F32)
-                        : testing_util::randn({2, 5, 37, 41}, ++seed, DType::F32);
+      Tensor x = testing_util::randn(inputs[r], ++seed, DType::F32);
       x.data<float>()[17] = std::nanf("");
       NoGradGuard ng;
       const Tensor run = conv_relu_pool(x, layers);
@@ -187,6 +191,34 @@ TEST(ConvBackendsReuse, InterleavedShapesWithNewDataMatchIm2col) {
       compare_forward_and_backward(shape_of(c), seed);
       seed += 4;
     }
+}
+
+// From a batch of 16 on, oneDNN takes Winograd F(4x4, 3x3) for 3x3 stride-1 layers with
+// enough channels (AlexNet's conv3-conv5), in all three passes: it differs from the
+// direct sum by rounding only. These shapes get it in each pass on a CPU with AVX-512
+// (the names oneDNN reports for its kernels say so); on any CPU they match im2col + GEMM.
+TEST(ConvBackendsWinograd, ShapesThatTakeItMatchIm2col) {
+  if (!kernels::conv2d_dnnl_available()) GTEST_SKIP() << "built without oneDNN";
+  const Case cases[] = {Case{16, 64, 13, 13, 64, 3, 3, 1, 1, 1, 1}, Case{2, 192, 13, 13, 384, 3, 3, 1, 1, 1, 1},
+                        Case{16, 64, 15, 10, 96, 3, 3, 1, 1, 1, 1}};
+  bool wino[3] = {false, false, false};
+  uint64_t seed = 300;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing_util::describe(c));
+    const kernels::Conv2dShape s = shape_of(c);
+    compare_forward_and_backward(s, seed);
+    seed += 4;
+    const kernels::DnnlConvImplementations impl = kernels::conv2d_dnnl_implementations(s, true);
+    std::printf("%s: forward %s, data gradient %s, weight gradient %s\n", testing_util::describe(c).c_str(),
+                impl.forward.c_str(), impl.backward_data.c_str(), impl.backward_weights.c_str());
+    const std::string* names[3] = {&impl.forward, &impl.backward_data, &impl.backward_weights};
+    for (int p = 0; p < 3; ++p) wino[p] = wino[p] || names[p]->find("wino") != std::string::npos;
+  }
+  if (__builtin_cpu_supports("avx512f")) {
+    EXPECT_TRUE(wino[0]) << "no shape took Winograd in the forward pass";
+    EXPECT_TRUE(wino[1]) << "no shape took Winograd for the data gradient";
+    EXPECT_TRUE(wino[2]) << "no shape took Winograd for the weight gradient";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -24,6 +24,7 @@
 #include <new>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -50,6 +51,13 @@ Descs descs(const Conv2dShape& s) {
   return {{s.N, s.C, s.H, s.W}, {s.Co, s.C, s.kh, s.kw}, {s.Co}, {s.N, s.Co, s.Ho, s.Wo},
           {s.sh, s.sw},         {s.ph, s.pw},           {s.ph, s.pw}};
 }
+// oneDNN picks the algorithm by shape: Winograd F(4x4, 3x3) for 3x3 stride-1 layers where
+// its heuristics expect it to win (AlexNet's conv3-conv5 from batch 16 on, 1.5-2x the
+// direct kernels' rate in all three passes; absolute error about 5x the direct sum's,
+// ~1e-6 of the output's scale), the direct kernels everywhere else. The choice depends
+// on the shape alone, so a shape gets the same algorithm in every call.
+constexpr dnnl::algorithm kAlgorithm = dnnl::algorithm::convolution_auto;
+
 memory::desc any(const memory::dims& d) { return memory::desc(d, dt::f32, tag::any); }
 memory::desc nchw(const memory::dims& d) { return memory::desc(d, dt::f32, tag::nchw); }
 memory::desc oihw(const memory::dims& d) { return memory::desc(d, dt::f32, tag::oihw); }
@@ -136,10 +144,10 @@ struct KeyHash {
 static_assert(sizeof(Conv2dShape) % sizeof(int64_t) == 0, "Conv2dShape is compared and hashed as int64_t words");
 
 Fwd::primitive_desc forward_pd(const Descs& d, bool bias, bool relu = false) {
-  const auto desc = bias ? Fwd::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+  const auto desc = bias ? Fwd::desc(dnnl::prop_kind::forward_training, kAlgorithm,
                                      any(d.src), any(d.wei), memory::desc(d.bia, dt::f32, tag::x), any(d.dst),
                                      d.strides, d.pad_l, d.pad_r)
-                         : Fwd::desc(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+                         : Fwd::desc(dnnl::prop_kind::forward_training, kAlgorithm,
                                      any(d.src), any(d.wei), any(d.dst), d.strides, d.pad_l, d.pad_r);
   dnnl::primitive_attr attr;
   if (relu) {
@@ -153,10 +161,12 @@ Fwd::primitive_desc forward_pd(const Descs& d, bool bias, bool relu = false) {
 struct Forward {
   Fwd prim;
   Operand src, wei, dst;
+  std::string impl;  // oneDNN's name for the kernel it chose
   explicit Forward(const Key& k) {
     const Descs d = descs(k.s);
     const auto pd = forward_pd(d, k.bias, k.relu);
     prim = Fwd(pd);
+    impl = pd.impl_info_str();
     src = Operand(nchw(d.src), pd.src_desc(), kSrc, true);
     wei = Operand(oihw(d.wei), pd.weights_desc(), kWei, true);
     dst = Operand(nchw(d.dst), pd.dst_desc(), kDst, false);
@@ -166,12 +176,14 @@ struct Forward {
 struct BackwardData {
   Bwd prim;
   Operand wei, gy, gx;
+  std::string impl;
   explicit BackwardData(const Key& k) {
     const Descs d = descs(k.s);
-    const Bwd::primitive_desc pd(Bwd::desc(dnnl::algorithm::convolution_direct, any(d.src), any(d.wei), any(d.dst),
+    const Bwd::primitive_desc pd(Bwd::desc(kAlgorithm, any(d.src), any(d.wei), any(d.dst),
                                            d.strides, d.pad_l, d.pad_r),
                                  ctx().eng, forward_pd(d, k.bias));
     prim = Bwd(pd);
+    impl = pd.impl_info_str();
     wei = Operand(oihw(d.wei), pd.weights_desc(), kWei, true);
     gy = Operand(nchw(d.dst), pd.diff_dst_desc(), kDst, true);
     gx = Operand(nchw(d.src), pd.diff_src_desc(), kSrc, false);
@@ -181,15 +193,17 @@ struct BackwardData {
 struct BackwardWeights {
   Bww prim;
   Operand src, gy, gw;
+  std::string impl;
   explicit BackwardWeights(const Key& k) {
     const Descs d = descs(k.s);
-    const auto desc = k.bias ? Bww::desc(dnnl::algorithm::convolution_direct, any(d.src), any(d.wei),
+    const auto desc = k.bias ? Bww::desc(kAlgorithm, any(d.src), any(d.wei),
                                          memory::desc(d.bia, dt::f32, tag::x), any(d.dst), d.strides, d.pad_l,
                                          d.pad_r)
-                             : Bww::desc(dnnl::algorithm::convolution_direct, any(d.src), any(d.wei), any(d.dst),
+                             : Bww::desc(kAlgorithm, any(d.src), any(d.wei), any(d.dst),
                                          d.strides, d.pad_l, d.pad_r);
     const Bww::primitive_desc pd(desc, ctx().eng, forward_pd(d, k.bias));
     prim = Bww(pd);
+    impl = pd.impl_info_str();
     src = Operand(nchw(d.src), pd.src_desc(), kSrc, true);
     gy = Operand(nchw(d.dst), pd.diff_dst_desc(), kDst, true);
     gw = Operand(oihw(d.wei), pd.diff_weights_desc(), kWei, false);
@@ -364,6 +378,12 @@ void chain_forward_dnnl(const float* x, const std::vector<DnnlChainLayer>& layer
 }
 
 bool conv2d_dnnl_available() { return true; }
+
+DnnlConvImplementations conv2d_dnnl_implementations(const Conv2dShape& s, bool bias) {
+  std::lock_guard<std::mutex> lock(mu());
+  return {prepared(caches().forward, Key{s, bias}).impl, prepared(caches().data, Key{s, false}).impl,
+          prepared(caches().weights, Key{s, bias}).impl};
+}
 
 void conv2d_forward_dnnl(const float* x, const float* w, const float* b, float* y, const Conv2dShape& s,
                          bool relu) {

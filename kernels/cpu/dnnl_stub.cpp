@@ -15,6 +15,10 @@ void conv2d_backward_dnnl(const float*, const float*, const float*, float*, floa
   throw std::runtime_error("this engine was built without oneDNN");
 }
 
+DnnlConvImplementations conv2d_dnnl_implementations(const Conv2dShape&, bool) {
+  throw std::runtime_error("this engine was built without oneDNN");
+}
+
 void chain_forward_dnnl(const float*, const std::vector<DnnlChainLayer>&, float*) {
   throw std::runtime_error("this engine was built without oneDNN");
 }
