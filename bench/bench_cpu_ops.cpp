@@ -11,8 +11,14 @@
 //   Conv/<layer>/<impl>: conv1-conv5 forward. impl: `engine` (engine::conv2d: oneDNN with
 //     the engine's NCHW tensors, reordered in and out), `im2col_openblas` (OpenBLAS as
 //     Caffe used it: per image, the engine's im2col, one cblas_sgemm, the bias),
-//     `onednn_blocked` (oneDNN's primitive alone, on data already in its blocked layout:
-//     what oneDNN can do without the reorders).
+//     `onednn_direct_blocked` (oneDNN's best direct kernel, for inference) and
+//     `onednn_auto_blocked` (the algorithm oneDNN picks for training, as the engine asks),
+//     each alone on data already in its blocked layout: what oneDNN can do without the
+//     reorders. Labels: the kernel oneDNN chose (Winograd for conv3-conv5 from batch 16 on;
+//     `peak` then counts the direct FLOPs, so it can pass 1).
+//   ConvBackward/<layer>/<impl>: a training step's backward pass at batch 64 (data
+//     gradient but for conv1, weight and bias gradients). impl: `engine`
+//     (kernels::conv2d_backward_dnnl, reorders included), `onednn_direct_blocked`.
 //   Gemm/<layer>/<impl>: fc6-fc8 forward, y = x W^T + b. impl: `engine`
 //     (engine::linear: oneDNN's matmul primitive, GEMV at batch 1), `openblas`
 //     (cblas_sgemm alone, no bias), `onednn` (dnnl_sgemm, oneDNN's BLAS-like call).
@@ -36,6 +42,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -183,6 +190,33 @@ void BM_ConvEngine(benchmark::State& state, int layer) {
          b = Tensor::randn({c.Co}, g);
   const double sec = timed(state, [&] { benchmark::DoNotOptimize(conv2d(x, w, b, c.s, c.p).raw_data()); });
   set_flops(state, conv_flops(conv_shape(c, N)), sec);
+#if ENGINE_BENCH_HAVE_DNNL
+  state.SetLabel(kernels::conv2d_dnnl_implementations(conv_shape(c, N), true).forward);
+#endif
+}
+
+// A training step's backward pass of one layer: the weight and bias gradients, and the
+// data gradient except for conv1 (its input is the image, which needs none).
+bool wants_data_gradient(int layer) { return layer > 0; }
+double conv_backward_flops(const kernels::Conv2dShape& s, int layer) {
+  return conv_flops(s) * (wants_data_gradient(layer) ? 2 : 1);
+}
+
+void BM_ConvBackwardEngine(benchmark::State& state, int layer) {
+  const kernels::Conv2dShape s = conv_shape(kConvs[layer], state.range(0));
+  Generator g(3);
+  Tensor x = Tensor::randn({s.N, s.C, s.H, s.W}, g), w = Tensor::randn({s.Co, s.C, s.kh, s.kw}, g),
+         gy = Tensor::randn({s.N, s.Co, s.Ho, s.Wo}, g);
+  Tensor gx = Tensor::empty(x.shape()), gw = Tensor::empty(w.shape()), gb = Tensor::empty({s.Co});
+  float* gxp = wants_data_gradient(layer) ? gx.data<float>() : nullptr;
+  const double sec = timed(state, [&] {
+    kernels::conv2d_backward_dnnl(x.data<float>(), w.data<float>(), gy.data<float>(), gxp, gw.data<float>(),
+                                  gb.data<float>(), s);
+    benchmark::ClobberMemory();
+  });
+  set_flops(state, conv_backward_flops(s, layer), sec);
+  const kernels::DnnlConvImplementations impl = kernels::conv2d_dnnl_implementations(s, true);
+  state.SetLabel((wants_data_gradient(layer) ? impl.backward_data + " + " : std::string()) + impl.backward_weights);
 }
 
 void BM_ConvIm2col(benchmark::State& state, int layer) {
@@ -213,29 +247,32 @@ void BM_ConvIm2col(benchmark::State& state, int layer) {
 }
 
 #if ENGINE_BENCH_HAVE_DNNL
-// oneDNN's forward primitive on inputs already in the layouts it chose: no reorders.
-void BM_ConvOneDnnBlocked(benchmark::State& state, int layer) {
-  using dnnl::algorithm;
+// Fills a oneDNN buffer with a fixed, varied pattern.
+void fill(dnnl::memory& m) {
+  auto* p = static_cast<float*>(m.get_data_handle());
+  const size_t n = m.get_desc().get_size() / sizeof(float);
+  for (size_t i = 0; i < n; ++i) p[i] = 0.001f * static_cast<float>(static_cast<int>(i % 2001) - 1000);
+}
+
+// oneDNN's forward primitive with algorithm `alg`, for `prop` (inference: the direct
+// kernels' best; training: what the engine asks for, with or without a graph), on inputs
+// already in the layouts it chose: no reorders.
+void BM_ConvOneDnnBlocked(benchmark::State& state, int layer, dnnl::algorithm alg, dnnl::prop_kind prop) {
   using dnnl::convolution_forward;
   using dnnl::memory;
-  using dnnl::prop_kind;
   const ConvCase c = kConvs[layer];
   const kernels::Conv2dShape s = conv_shape(c, state.range(0));
   dnnl::engine eng(dnnl::engine::kind::cpu, 0);
   dnnl::stream strm(eng);
   auto any = [](memory::dims d) { return memory::desc(d, memory::data_type::f32, memory::format_tag::any); };
   const convolution_forward::desc desc(
-      prop_kind::forward_inference, algorithm::convolution_direct, any({s.N, s.C, s.H, s.W}),
-      any({s.Co, s.C, s.kh, s.kw}), memory::desc({s.Co}, memory::data_type::f32, memory::format_tag::x),
-      any({s.N, s.Co, s.Ho, s.Wo}), {s.sh, s.sw}, {s.ph, s.pw}, {s.ph, s.pw});
+      prop, alg, any({s.N, s.C, s.H, s.W}), any({s.Co, s.C, s.kh, s.kw}),
+      memory::desc({s.Co}, memory::data_type::f32, memory::format_tag::x), any({s.N, s.Co, s.Ho, s.Wo}),
+      {s.sh, s.sw}, {s.ph, s.pw}, {s.ph, s.pw});
   const convolution_forward::primitive_desc pd(desc, eng);
   memory src(pd.src_desc(), eng), wei(pd.weights_desc(), eng), dst(pd.dst_desc(), eng);
   memory bia({{s.Co}, memory::data_type::f32, memory::format_tag::x}, eng);
-  for (memory* m : {&src, &wei, &dst, &bia}) {
-    auto* p = static_cast<float*>(m->get_data_handle());
-    const size_t n = m->get_desc().get_size() / sizeof(float);
-    for (size_t i = 0; i < n; ++i) p[i] = 0.001f * static_cast<float>(static_cast<int>(i % 2001) - 1000);
-  }
+  for (memory* m : {&src, &wei, &dst, &bia}) fill(*m);
   const convolution_forward prim(pd);
   const std::unordered_map<int, memory> args{
       {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_BIAS, bia}, {DNNL_ARG_DST, dst}};
@@ -244,6 +281,44 @@ void BM_ConvOneDnnBlocked(benchmark::State& state, int layer) {
     strm.wait();
   });
   set_flops(state, conv_flops(s), sec);
+  state.SetLabel(pd.impl_info_str());
+}
+
+// oneDNN's direct backward primitives (data gradient but for conv1, weight and bias
+// gradients) on data already in their layouts: the reference for the engine's backward.
+void BM_ConvBackwardOneDnnDirect(benchmark::State& state, int layer) {
+  using dnnl::memory;
+  using Fwd = dnnl::convolution_forward;
+  using Bwd = dnnl::convolution_backward_data;
+  using Bww = dnnl::convolution_backward_weights;
+  const dnnl::algorithm alg = dnnl::algorithm::convolution_direct;
+  const kernels::Conv2dShape s = conv_shape(kConvs[layer], state.range(0));
+  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  dnnl::stream strm(eng);
+  auto any = [](memory::dims d) { return memory::desc(d, memory::data_type::f32, memory::format_tag::any); };
+  const memory::dims src{s.N, s.C, s.H, s.W}, wei{s.Co, s.C, s.kh, s.kw}, dst{s.N, s.Co, s.Ho, s.Wo},
+      st{s.sh, s.sw}, pad{s.ph, s.pw};
+  const memory::desc bias({s.Co}, memory::data_type::f32, memory::format_tag::x);
+  const Fwd::primitive_desc hint(
+      Fwd::desc(dnnl::prop_kind::forward_training, alg, any(src), any(wei), bias, any(dst), st, pad, pad), eng);
+  const Bwd::primitive_desc dpd(Bwd::desc(alg, any(src), any(wei), any(dst), st, pad, pad), eng, hint);
+  const Bww::primitive_desc wpd(Bww::desc(alg, any(src), any(wei), bias, any(dst), st, pad, pad), eng, hint);
+  memory gx(dpd.diff_src_desc(), eng), w(dpd.weights_desc(), eng), gy_d(dpd.diff_dst_desc(), eng);
+  memory x(wpd.src_desc(), eng), gw(wpd.diff_weights_desc(), eng), gb(bias, eng), gy_w(wpd.diff_dst_desc(), eng);
+  for (memory* m : {&w, &gy_d, &x, &gy_w}) fill(*m);
+  const Bwd data(dpd);
+  const Bww weights(wpd);
+  const std::unordered_map<int, memory> data_args{{DNNL_ARG_DIFF_DST, gy_d}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, gx}};
+  const std::unordered_map<int, memory> weight_args{
+      {DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, gy_w}, {DNNL_ARG_DIFF_WEIGHTS, gw}, {DNNL_ARG_DIFF_BIAS, gb}};
+  const double sec = timed(state, [&] {
+    if (wants_data_gradient(layer)) data.execute(strm, data_args);
+    weights.execute(strm, weight_args);
+    strm.wait();
+  });
+  set_flops(state, conv_backward_flops(s, layer), sec);
+  state.SetLabel(std::string(wants_data_gradient(layer) ? dpd.impl_info_str() + std::string(" + ") : "") +
+                 wpd.impl_info_str());
 }
 #endif
 
@@ -403,14 +478,38 @@ void register_all() {
   benchmark::RegisterBenchmark("Ceiling", BM_Ceiling)->Iterations(1);
   for (int l = 0; l < 5; ++l) {
     const std::string name = "Conv/conv" + std::to_string(l + 1) + "/";
-    for (auto [impl, fn] : {std::pair{"engine", BM_ConvEngine}, std::pair{"im2col_openblas", BM_ConvIm2col},
+    using Fn = std::function<void(benchmark::State&)>;
+    const std::vector<std::pair<std::string, Fn>> impls = {
+        {"engine", [l](benchmark::State& st) { BM_ConvEngine(st, l); }},
+        {"im2col_openblas", [l](benchmark::State& st) { BM_ConvIm2col(st, l); }},
 #if ENGINE_BENCH_HAVE_DNNL
-                            std::pair{"onednn_blocked", BM_ConvOneDnnBlocked}
+        {"onednn_direct_blocked",
+         [l](benchmark::State& st) {
+           BM_ConvOneDnnBlocked(st, l, dnnl::algorithm::convolution_direct, dnnl::prop_kind::forward_inference);
+         }},
+        {"onednn_auto_blocked",
+         [l](benchmark::State& st) {
+           BM_ConvOneDnnBlocked(st, l, dnnl::algorithm::convolution_auto, dnnl::prop_kind::forward_training);
+         }},
 #endif
-                           })
+    };
+    for (const auto& [impl, fn] : impls)
       for (int64_t n : batches)
-        benchmark::RegisterBenchmark((name + impl).c_str(), fn, l)->Arg(n)->Unit(benchmark::kMillisecond)->UseRealTime();
+        benchmark::RegisterBenchmark((name + impl).c_str(), fn)->Arg(n)->Unit(benchmark::kMillisecond)->UseRealTime();
   }
+#if ENGINE_BENCH_HAVE_DNNL
+  for (int l = 0; l < 5; ++l) {
+    const std::string name = "ConvBackward/conv" + std::to_string(l + 1) + "/";
+    benchmark::RegisterBenchmark((name + "engine").c_str(), BM_ConvBackwardEngine, l)
+        ->Arg(64)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark((name + "onednn_direct_blocked").c_str(), BM_ConvBackwardOneDnnDirect, l)
+        ->Arg(64)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  }
+#endif
   for (int l = 0; l < 3; ++l) {
     const std::string name = "Gemm/fc" + std::to_string(l + 6) + "/";
     for (auto [impl, fn] : {std::pair{"engine", BM_GemmEngine}, std::pair{"openblas", BM_GemmOpenBlas},
