@@ -133,10 +133,39 @@ inline void max_row_3x2_arg_avx2(const float* colmax, const int32_t* colarg, flo
     }
   }
 }
+
+// The vertical pass over a window of three rows in one sweep, 8 columns at a time (the
+// last group through masked loads; the row buffers' spare entries take the full-width
+// stores): colmax[iw] = nan_max(nan_max(r0, r1), r2) and, with WithArg, colarg[iw] the
+// row that gave it. The same comparisons in the same order as the loops in max_pool_row.
+template <bool WithArg>
+inline void vertical_3_avx2(const float* r0, int64_t W, int32_t row0, float* colmax, int32_t* colarg) {
+  const float* r1 = r0 + W;
+  const float* r2 = r1 + W;
+  const __m256 a0 = _mm256_castsi256_ps(_mm256_set1_epi32(row0));
+  const __m256 a1 = _mm256_castsi256_ps(_mm256_set1_epi32(row0 + 1));
+  const __m256 a2 = _mm256_castsi256_ps(_mm256_set1_epi32(row0 + 2));
+  for (int64_t i = 0; i < W; i += 8) {
+    __m256 x0, x1, x2;
+    if (W - i >= 8) {
+      x0 = _mm256_loadu_ps(r0 + i), x1 = _mm256_loadu_ps(r1 + i), x2 = _mm256_loadu_ps(r2 + i);
+    } else {
+      const __m256i m = first_lanes(W - i);
+      x0 = _mm256_maskload_ps(r0 + i, m), x1 = _mm256_maskload_ps(r1 + i, m), x2 = _mm256_maskload_ps(r2 + i, m);
+    }
+    const __m256 t1 = _mm256_or_ps(_mm256_cmp_ps(x1, x0, _CMP_GT_OQ), _mm256_cmp_ps(x1, x1, _CMP_UNORD_Q));
+    const __m256 m1 = _mm256_blendv_ps(x0, x1, t1);
+    const __m256 t2 = _mm256_or_ps(_mm256_cmp_ps(x2, m1, _CMP_GT_OQ), _mm256_cmp_ps(x2, x2, _CMP_UNORD_Q));
+    _mm256_storeu_ps(colmax + i, _mm256_blendv_ps(m1, x2, t2));
+    if constexpr (WithArg)
+      _mm256_storeu_ps(reinterpret_cast<float*>(colarg + i), _mm256_blendv_ps(_mm256_blendv_ps(a0, a1, t1), a2, t2));
+  }
+}
 #endif
 
 // Spare entries past W in the row buffers: the AVX2 loops read up to 17 entries from the
-// start of a group's first window, which lies at most at W - 3.
+// start of a group's first window, which lies at most at W - 3, and the vertical pass
+// writes up to 7 past W.
 constexpr int64_t kRowSpare = 16;
 
 // One output row of one plane, in two passes over the window's input rows:
@@ -151,22 +180,35 @@ void max_pool_row(const T* xp, T* yrow, int64_t* arow, int64_t oh, const Pool2dS
   const int64_t h0 = oh * s.sh - s.ph;
   const int64_t hs = h0 < 0 ? 0 : h0, he = h0 + s.kh < s.H ? h0 + s.kh : s.H;
   const T* top = xp + hs * s.W;
-  for (int64_t iw = 0; iw < s.W; ++iw) colmax[iw] = top[iw];
-  if (arow != nullptr)
-    for (int64_t iw = 0; iw < s.W; ++iw) colarg[iw] = static_cast<int32_t>(hs);
-  for (int64_t ih = hs + 1; ih < he; ++ih) {
-    const T* r = xp + ih * s.W;
-    if (arow != nullptr) {
-      const int32_t row = static_cast<int32_t>(ih);
-      for (int64_t iw = 0; iw < s.W; ++iw) {
-        const bool take = (r[iw] > colmax[iw]) | (r[iw] != r[iw]);
-        colmax[iw] = take ? r[iw] : colmax[iw];
-        colarg[iw] = take ? row : colarg[iw];
-      }
-    } else {
-      for (int64_t iw = 0; iw < s.W; ++iw) {
-        const bool take = (r[iw] > colmax[iw]) | (r[iw] != r[iw]);
-        colmax[iw] = take ? r[iw] : colmax[iw];
+  bool vertical_done = false;
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>)
+    if (he - hs == 3) {
+      if (arow != nullptr)
+        vertical_3_avx2<true>(top, s.W, static_cast<int32_t>(hs), colmax, colarg);
+      else
+        vertical_3_avx2<false>(top, s.W, static_cast<int32_t>(hs), colmax, colarg);
+      vertical_done = true;
+    }
+#endif
+  if (!vertical_done) {
+    for (int64_t iw = 0; iw < s.W; ++iw) colmax[iw] = top[iw];
+    if (arow != nullptr)
+      for (int64_t iw = 0; iw < s.W; ++iw) colarg[iw] = static_cast<int32_t>(hs);
+    for (int64_t ih = hs + 1; ih < he; ++ih) {
+      const T* r = xp + ih * s.W;
+      if (arow != nullptr) {
+        const int32_t row = static_cast<int32_t>(ih);
+        for (int64_t iw = 0; iw < s.W; ++iw) {
+          const bool take = (r[iw] > colmax[iw]) | (r[iw] != r[iw]);
+          colmax[iw] = take ? r[iw] : colmax[iw];
+          colarg[iw] = take ? row : colarg[iw];
+        }
+      } else {
+        for (int64_t iw = 0; iw < s.W; ++iw) {
+          const bool take = (r[iw] > colmax[iw]) | (r[iw] != r[iw]);
+          colmax[iw] = take ? r[iw] : colmax[iw];
+        }
       }
     }
   }
