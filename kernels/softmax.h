@@ -1,6 +1,8 @@
 // softmax / log_softmax along the middle axis of [outer, dim, inner], and cross-entropy
 // over logits [N, K] with integer targets, averaged over the batch. Max-subtracted for
-// stability; sums in double for float. Memory-bound.
+// stability; sums in double for float. Memory-bound. On the CPU, float rows with the
+// softmax axis last go 8 at a time (AVX2) with a float e^x within 2 ulp (0 below
+// FLT_MIN); the rest computes e^x in double.
 //   softmax backward:     gx = y * (gy - sum(gy * y))
 //   log_softmax backward: gx = gy - softmax(x) * sum(gy)
 //   cross_entropy:        loss = mean_n (logsumexp(z_n) - z_n[t_n]);

@@ -530,6 +530,68 @@ TEST(LogSoftmax, GradcheckDim1Of3dF64) {
   Tensor x = leaf(randn({2, 4, 3}, 1113));
   EXPECT_GRADCHECK([](const TensorList& in) { return log_softmax(in[0], 1); }, {x});
 }
+// float32 rows with the softmax axis last take a vectorised path with its own e^x. Against
+// the float64 path on the same (float) inputs: row lengths around the 8-lane groups and
+// 1000, inputs spread widely enough that many terms underflow, log_softmax's gradient;
+// and rows holding -inf, +inf or NaN, which must give what the float64 path gives.
+TEST(Softmax, Float32RowsMatchFloat64) {
+  uint64_t seed = 1150;
+  for (int64_t n : {1, 3, 7, 8, 9, 16, 37, 1000})
+    for (double scale : {1.0, 40.0})
+      for (bool log : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "rows of " << n << ", scale " << scale << (log ? ", log" : ""));
+        const Tensor x = (randn({5, n}, ++seed) * scale).to(DType::F32);
+        const Tensor gy = randn({5, n}, ++seed).to(DType::F32);
+        Tensor x32 = x.detach().requires_grad_(), x64 = x.to(DType::F64).requires_grad_();
+        const Tensor y32 = log ? log_softmax(x32, 1) : softmax(x32, 1);
+        const Tensor y64 = log ? log_softmax(x64, 1) : softmax(x64, 1);
+        y32.backward(gy);
+        y64.backward(gy.to(DType::F64));
+        const std::vector<double> a = y32.to_vector<double>(), b = y64.to_vector<double>();
+        const std::vector<double> xv = x.to_vector<double>();
+        for (size_t i = 0; i < a.size(); ++i) {
+          // x - max rounds to float first (as in PyTorch): e^(x - max) is then off by up to
+          // |x - max| 2^-24 relative, the rest by a few ulp; below FLT_MIN it may be 0.
+          const size_t row = i / static_cast<size_t>(n);
+          const double m = *std::max_element(xv.begin() + static_cast<std::ptrdiff_t>(row * static_cast<size_t>(n)),
+                                             xv.begin() + static_cast<std::ptrdiff_t>((row + 1) * static_cast<size_t>(n)));
+          const double tol = log ? 1e-6 * (std::fabs(b[i]) + 1.0) : std::fabs(b[i]) * (1e-6 + 6e-8 * (m - xv[i])) + 1.2e-38;
+          ASSERT_LE(std::fabs(a[i] - b[i]), tol) << "at " << i << ": " << a[i] << " vs " << b[i];
+        }
+        const std::vector<double> ga = x32.grad().to_vector<double>(), gb = x64.grad().to_vector<double>();
+        const std::vector<double> g = gy.to_vector<double>();
+        for (size_t i = 0; i < ga.size(); ++i) {
+          const size_t row = i / static_cast<size_t>(n);
+          double gsum = 0;  // the row's sum of |gy|: the scale of a log_softmax gradient's rounding
+          for (int64_t j = 0; j < n; ++j) gsum += std::fabs(g[row * static_cast<size_t>(n) + static_cast<size_t>(j)]);
+          ASSERT_LE(std::fabs(ga[i] - gb[i]), 1e-6 * (std::fabs(gb[i]) + gsum)) << "gradient at " << i;
+        }
+      }
+  const float inf = INFINITY, nan = NAN;
+  const std::vector<std::vector<float>> rows = {
+      {-inf, 0.5f, 1.0f, -3.0f, 2.0f, -inf, 0.0f, 1.5f, -100.0f, -1e30f},  // -inf and underflow: 0 and -inf
+      {nan, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f, 7.0f, 8.0f, 9.0f},          // NaN first
+      {1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f, 7.0f, 8.0f, 9.0f, nan},          // NaN in the tail
+      {inf, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f, 7.0f, 8.0f, 9.0f},          // +inf
+      {-inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf, -inf}};
+  for (const auto& r : rows)
+    for (bool log : {false, true}) {
+      const Tensor x = Tensor::from_vector({1, 10}, std::vector<double>(r.begin(), r.end())).to(DType::F32);
+      NoGradGuard ng;
+      const std::vector<double> a = (log ? log_softmax(x, 1) : softmax(x, 1)).to_vector<double>();
+      const std::vector<double> b = (log ? log_softmax(x.to(DType::F64), 1) : softmax(x.to(DType::F64), 1)).to_vector<double>();
+      for (size_t i = 0; i < a.size(); ++i) {
+        SCOPED_TRACE(::testing::Message() << "row starting " << r[0] << ", element " << i << (log ? ", log" : ""));
+        if (std::isnan(b[i]))
+          EXPECT_TRUE(std::isnan(a[i])) << a[i];
+        else if (std::isinf(b[i]))
+          EXPECT_EQ(a[i], b[i]);
+        else
+          EXPECT_NEAR(a[i], b[i], log ? 1e-6 * (std::fabs(b[i]) + 1.0) : 1e-6 * std::fabs(b[i]) + 1.2e-38);
+      }
+    }
+}
+
 TEST(Softmax, EmptyDimensionGivesEmptyOutput) {
   const Tensor x = Tensor::zeros({2, 0}, DType::F64);
   EXPECT_EQ(softmax(x, 1).shape(), (Shape{2, 0}));
