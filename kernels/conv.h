@@ -44,8 +44,16 @@ void conv2d_forward_dnnl(const float* x, const float* w, const float* b, float* 
                          bool relu = false);
 void conv2d_backward_dnnl(const float* x, const float* w, const float* gy, float* gx, float* gw, float* gb,
                           const Conv2dShape& s);
+// The algorithm of oneDNN's convolutions (forward, both gradients, conv_relu_pool's
+// chain), from the next call on: kAuto (the default: oneDNN picks it per shape, Winograd
+// F(4x4, 3x3) for AlexNet's 3x3 layers from a batch of 16 on), kDirect (the direct sum
+// everywhere, as PyTorch's CPU convolutions), kWinograd (Winograd wherever oneDNN has a
+// kernel for the shape, direct elsewhere). Builds without oneDNN keep it and ignore it.
+enum class DnnlConvAlgorithm { kAuto, kDirect, kWinograd };
+void set_dnnl_conv_algorithm(DnnlConvAlgorithm a);
+DnnlConvAlgorithm dnnl_conv_algorithm();
 // oneDNN's names for the kernels it chose for a shape's three passes ("jit:avx512_core",
-// "jit_wino_4x3:avx512_core", ...): the algorithm is picked per shape (see conv_dnnl.cpp).
+// "jit_wino_4x3:avx512_core", ...) under the current algorithm setting.
 struct DnnlConvImplementations {
   std::string forward, backward_data, backward_weights;
 };

@@ -193,31 +193,61 @@ TEST(ConvBackendsReuse, InterleavedShapesWithNewDataMatchIm2col) {
     }
 }
 
-// From a batch of 16 on, oneDNN takes Winograd F(4x4, 3x3) for 3x3 stride-1 layers with
-// enough channels (AlexNet's conv3-conv5), in all three passes: it differs from the
-// direct sum by rounding only. These shapes get it in each pass on a CPU with AVX-512
-// (the names oneDNN reports for its kernels say so); on any CPU they match im2col + GEMM.
-TEST(ConvBackendsWinograd, ShapesThatTakeItMatchIm2col) {
+// The three algorithm settings on 3x3 stride-1 layers. kAuto: oneDNN's choice per shape
+// (Winograd for some of these, as for AlexNet's conv3-conv5 from batch 16 on); kWinograd
+// must take Winograd in all three passes on a CPU with AVX-512 (oneDNN's names for the
+// kernels say so), kDirect never. Winograd differs from the direct sum by rounding only:
+// every setting matches im2col + GEMM, and a conv_relu_pool run is still the ops one
+// after another, bit for bit.
+TEST(ConvBackendsAlgorithm, EverySettingMatchesIm2col) {
   if (!kernels::conv2d_dnnl_available()) GTEST_SKIP() << "built without oneDNN";
+  struct Restore {
+    ~Restore() { kernels::set_dnnl_conv_algorithm(kernels::DnnlConvAlgorithm::kAuto); }
+  } restore;
+  // The last has no Winograd kernel (5x5): kWinograd falls back to the direct one there.
   const Case cases[] = {Case{16, 64, 13, 13, 64, 3, 3, 1, 1, 1, 1}, Case{2, 192, 13, 13, 384, 3, 3, 1, 1, 1, 1},
-                        Case{16, 64, 15, 10, 96, 3, 3, 1, 1, 1, 1}};
-  bool wino[3] = {false, false, false};
+                        Case{3, 32, 15, 10, 48, 3, 3, 1, 1, 1, 1}, Case{2, 16, 13, 13, 32, 5, 5, 1, 1, 2, 2}};
+  const bool avx512 = __builtin_cpu_supports("avx512f");
   uint64_t seed = 300;
-  for (const Case& c : cases) {
-    SCOPED_TRACE(testing_util::describe(c));
-    const kernels::Conv2dShape s = shape_of(c);
-    compare_forward_and_backward(s, seed);
-    seed += 4;
-    const kernels::DnnlConvImplementations impl = kernels::conv2d_dnnl_implementations(s, true);
-    std::printf("%s: forward %s, data gradient %s, weight gradient %s\n", testing_util::describe(c).c_str(),
-                impl.forward.c_str(), impl.backward_data.c_str(), impl.backward_weights.c_str());
-    const std::string* names[3] = {&impl.forward, &impl.backward_data, &impl.backward_weights};
-    for (int p = 0; p < 3; ++p) wino[p] = wino[p] || names[p]->find("wino") != std::string::npos;
-  }
-  if (__builtin_cpu_supports("avx512f")) {
-    EXPECT_TRUE(wino[0]) << "no shape took Winograd in the forward pass";
-    EXPECT_TRUE(wino[1]) << "no shape took Winograd for the data gradient";
-    EXPECT_TRUE(wino[2]) << "no shape took Winograd for the weight gradient";
+  for (auto algo : {kernels::DnnlConvAlgorithm::kAuto, kernels::DnnlConvAlgorithm::kWinograd,
+                    kernels::DnnlConvAlgorithm::kDirect}) {
+    kernels::set_dnnl_conv_algorithm(algo);
+    ASSERT_EQ(kernels::dnnl_conv_algorithm(), algo);
+    for (const Case& c : cases) {
+      SCOPED_TRACE(::testing::Message() << testing_util::describe(c) << ", setting " << static_cast<int>(algo));
+      const kernels::Conv2dShape s = shape_of(c);
+      compare_forward_and_backward(s, seed);
+      seed += 4;
+      const kernels::DnnlConvImplementations impl = kernels::conv2d_dnnl_implementations(s, true);
+      std::printf("setting %d, %s: forward %s, data gradient %s, weight gradient %s\n", static_cast<int>(algo),
+                  testing_util::describe(c).c_str(), impl.forward.c_str(), impl.backward_data.c_str(),
+                  impl.backward_weights.c_str());
+      const bool has_wino = c.kh == 3;
+      for (const std::string* name : {&impl.forward, &impl.backward_data, &impl.backward_weights}) {
+        const bool wino = name->find("wino") != std::string::npos;
+        if (algo == kernels::DnnlConvAlgorithm::kDirect || !has_wino) {
+          EXPECT_FALSE(wino) << *name;
+        } else if (algo == kernels::DnnlConvAlgorithm::kWinograd && avx512) {
+          EXPECT_TRUE(wino) << *name;
+        }
+      }
+    }
+    // A run through the blocked chain under this setting.
+    ConvReluPoolLayer c1, c2, pool;
+    c1.weight = testing_util::randn({64, 64, 3, 3}, ++seed, DType::F32) * (1.0 / 24.0);
+    c1.bias = testing_util::randn({64}, ++seed, DType::F32);
+    c1.padding = 1;
+    c2.weight = testing_util::randn({32, 64, 3, 3}, ++seed, DType::F32) * (1.0 / 24.0);
+    c2.padding = 1;
+    pool.pool = true;
+    pool.kernel = 3;
+    pool.stride = 2;
+    const Tensor x = testing_util::randn({16, 64, 13, 13}, ++seed, DType::F32);
+    NoGradGuard ng;
+    const Tensor run = conv_relu_pool(x, {c1, c2, pool});
+    const Tensor h = max_pool2d(conv2d_relu(conv2d_relu(x, c1.weight, c1.bias, 1, 1), c2.weight, Tensor(), 1, 1), 3, 2);
+    ASSERT_EQ(run.shape(), h.shape());
+    EXPECT_EQ(std::memcmp(run.data<float>(), h.data<float>(), sizeof(float) * static_cast<size_t>(run.numel())), 0);
   }
 }
 

@@ -17,6 +17,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -51,12 +52,31 @@ Descs descs(const Conv2dShape& s) {
   return {{s.N, s.C, s.H, s.W}, {s.Co, s.C, s.kh, s.kw}, {s.Co}, {s.N, s.Co, s.Ho, s.Wo},
           {s.sh, s.sw},         {s.ph, s.pw},           {s.ph, s.pw}};
 }
-// oneDNN picks the algorithm by shape: Winograd F(4x4, 3x3) for 3x3 stride-1 layers where
-// its heuristics expect it to win (AlexNet's conv3-conv5 from batch 16 on, 1.5-2x the
-// direct kernels' rate in all three passes; absolute error about 5x the direct sum's,
-// ~1e-6 of the output's scale), the direct kernels everywhere else. The choice depends
-// on the shape alone, so a shape gets the same algorithm in every call.
-constexpr dnnl::algorithm kAlgorithm = dnnl::algorithm::convolution_auto;
+// The algorithm (set_dnnl_conv_algorithm). By default oneDNN picks it by shape (auto):
+// Winograd F(4x4, 3x3) for 3x3 stride-1 layers where its heuristics expect it to win
+// (AlexNet's conv3-conv5 from batch 16 on, 1.5-2x the direct kernels' rate in all three
+// passes; absolute error about 5x the direct sum's, ~1e-6 of the output's scale), the
+// direct kernels everywhere else. A prepared call is kept per shape and algorithm.
+std::atomic<int> g_algorithm{static_cast<int>(DnnlConvAlgorithm::kAuto)};
+DnnlConvAlgorithm current_algorithm() { return static_cast<DnnlConvAlgorithm>(g_algorithm.load()); }
+
+// make(algorithm) -> a primitive descriptor, with `a`'s oneDNN algorithm; kWinograd falls
+// back to the direct one for a shape oneDNN has no Winograd kernel for.
+template <typename Make> auto with_algorithm(DnnlConvAlgorithm a, Make&& make) {
+  switch (a) {
+    case DnnlConvAlgorithm::kDirect:
+      return make(dnnl::algorithm::convolution_direct);
+    case DnnlConvAlgorithm::kWinograd:
+      try {
+        return make(dnnl::algorithm::convolution_winograd);
+      } catch (const dnnl::error&) {
+        return make(dnnl::algorithm::convolution_direct);
+      }
+    case DnnlConvAlgorithm::kAuto:
+      break;
+  }
+  return make(dnnl::algorithm::convolution_auto);
+}
 
 memory::desc any(const memory::dims& d) { return memory::desc(d, dt::f32, tag::any); }
 memory::desc nchw(const memory::dims& d) { return memory::desc(d, dt::f32, tag::nchw); }
@@ -129,26 +149,28 @@ struct Key {
   Conv2dShape s;
   bool bias;
   bool relu = false;  // forward only: ReLU applied to the output as a post-op
+  DnnlConvAlgorithm algo = current_algorithm();
   bool operator==(const Key& o) const {
-    return bias == o.bias && relu == o.relu && std::memcmp(&s, &o.s, sizeof(s)) == 0;  // all int64_t: no padding
+    return bias == o.bias && relu == o.relu && algo == o.algo &&
+           std::memcmp(&s, &o.s, sizeof(s)) == 0;  // all int64_t: no padding
   }
 };
 struct KeyHash {
   size_t operator()(const Key& k) const {
     const auto* v = reinterpret_cast<const int64_t*>(&k.s);
-    size_t h = (k.bias ? 0x9e3779b97f4a7c15ull : 0) ^ (k.relu ? 0x85ebca6bull : 0);
+    size_t h = (k.bias ? 0x9e3779b97f4a7c15ull : 0) ^ (k.relu ? 0x85ebca6bull : 0) ^
+               (static_cast<size_t>(k.algo) << 40);
     for (size_t i = 0; i < sizeof(k.s) / sizeof(int64_t); ++i) h = (h ^ static_cast<size_t>(v[i])) * 0x100000001b3ull;
     return h;
   }
 };
 static_assert(sizeof(Conv2dShape) % sizeof(int64_t) == 0, "Conv2dShape is compared and hashed as int64_t words");
 
-Fwd::primitive_desc forward_pd(const Descs& d, bool bias, bool relu = false) {
-  const auto desc = bias ? Fwd::desc(dnnl::prop_kind::forward_training, kAlgorithm,
-                                     any(d.src), any(d.wei), memory::desc(d.bia, dt::f32, tag::x), any(d.dst),
-                                     d.strides, d.pad_l, d.pad_r)
-                         : Fwd::desc(dnnl::prop_kind::forward_training, kAlgorithm,
-                                     any(d.src), any(d.wei), any(d.dst), d.strides, d.pad_l, d.pad_r);
+Fwd::primitive_desc forward_pd(const Descs& d, bool bias, bool relu, dnnl::algorithm alg) {
+  const auto desc = bias ? Fwd::desc(dnnl::prop_kind::forward_training, alg, any(d.src), any(d.wei),
+                                     memory::desc(d.bia, dt::f32, tag::x), any(d.dst), d.strides, d.pad_l, d.pad_r)
+                         : Fwd::desc(dnnl::prop_kind::forward_training, alg, any(d.src), any(d.wei), any(d.dst),
+                                     d.strides, d.pad_l, d.pad_r);
   dnnl::primitive_attr attr;
   if (relu) {
     dnnl::post_ops ops;
@@ -164,7 +186,7 @@ struct Forward {
   std::string impl;  // oneDNN's name for the kernel it chose
   explicit Forward(const Key& k) {
     const Descs d = descs(k.s);
-    const auto pd = forward_pd(d, k.bias, k.relu);
+    const auto pd = with_algorithm(k.algo, [&](dnnl::algorithm a) { return forward_pd(d, k.bias, k.relu, a); });
     prim = Fwd(pd);
     impl = pd.impl_info_str();
     src = Operand(nchw(d.src), pd.src_desc(), kSrc, true);
@@ -179,9 +201,10 @@ struct BackwardData {
   std::string impl;
   explicit BackwardData(const Key& k) {
     const Descs d = descs(k.s);
-    const Bwd::primitive_desc pd(Bwd::desc(kAlgorithm, any(d.src), any(d.wei), any(d.dst),
-                                           d.strides, d.pad_l, d.pad_r),
-                                 ctx().eng, forward_pd(d, k.bias));
+    const auto pd = with_algorithm(k.algo, [&](dnnl::algorithm a) {
+      return Bwd::primitive_desc(Bwd::desc(a, any(d.src), any(d.wei), any(d.dst), d.strides, d.pad_l, d.pad_r),
+                                 ctx().eng, forward_pd(d, k.bias, false, a));
+    });
     prim = Bwd(pd);
     impl = pd.impl_info_str();
     wei = Operand(oihw(d.wei), pd.weights_desc(), kWei, true);
@@ -196,12 +219,12 @@ struct BackwardWeights {
   std::string impl;
   explicit BackwardWeights(const Key& k) {
     const Descs d = descs(k.s);
-    const auto desc = k.bias ? Bww::desc(kAlgorithm, any(d.src), any(d.wei),
-                                         memory::desc(d.bia, dt::f32, tag::x), any(d.dst), d.strides, d.pad_l,
-                                         d.pad_r)
-                             : Bww::desc(kAlgorithm, any(d.src), any(d.wei), any(d.dst),
-                                         d.strides, d.pad_l, d.pad_r);
-    const Bww::primitive_desc pd(desc, ctx().eng, forward_pd(d, k.bias));
+    const auto pd = with_algorithm(k.algo, [&](dnnl::algorithm a) {
+      const auto desc = k.bias ? Bww::desc(a, any(d.src), any(d.wei), memory::desc(d.bia, dt::f32, tag::x),
+                                           any(d.dst), d.strides, d.pad_l, d.pad_r)
+                               : Bww::desc(a, any(d.src), any(d.wei), any(d.dst), d.strides, d.pad_l, d.pad_r);
+      return Bww::primitive_desc(desc, ctx().eng, forward_pd(d, k.bias, false, a));
+    });
     prim = Bww(pd);
     impl = pd.impl_info_str();
     src = Operand(nchw(d.src), pd.src_desc(), kSrc, true);
@@ -243,8 +266,8 @@ std::mutex& mu() {
 // ---- a run of layers in the blocked layout ----------------------------------------------
 
 // The shapes of a run, as words: what a prepared run is found by.
-std::vector<int64_t> chain_key(const std::vector<DnnlChainLayer>& layers) {
-  std::vector<int64_t> k;
+std::vector<int64_t> chain_key(const std::vector<DnnlChainLayer>& layers, DnnlConvAlgorithm algo) {
+  std::vector<int64_t> k{static_cast<int64_t>(algo)};
   for (const DnnlChainLayer& l : layers) {
     k.push_back(l.pool ? 1 : (2 + (l.b != nullptr) + 2 * l.relu));
     const auto* v = l.pool ? reinterpret_cast<const int64_t*>(&l.pool_shape) : reinterpret_cast<const int64_t*>(&l.conv);
@@ -275,7 +298,7 @@ struct Chain {
   dnnl::reorder to_out;
   size_t bytes = 0;  // the largest blocked activation
 
-  explicit Chain(const std::vector<DnnlChainLayer>& layers) {
+  Chain(const std::vector<DnnlChainLayer>& layers, DnnlConvAlgorithm algo) {
     auto& eng = ctx().eng;
     const DnnlChainLayer& first = layers.front();
     in = first.pool ? nchw({first.pool_shape.N, first.pool_shape.C, first.pool_shape.H, first.pool_shape.W})
@@ -299,7 +322,7 @@ struct Chain {
         st.prim = dnnl::pooling_forward(pd);
       } else {
         const Descs d = descs(l.conv);
-        const auto pd = forward_pd(d, l.b != nullptr, l.relu);
+        const auto pd = with_algorithm(algo, [&](dnnl::algorithm a) { return forward_pd(d, l.b != nullptr, l.relu, a); });
         st.src = pd.src_desc();
         st.dst = pd.dst_desc();
         st.wei = Operand(oihw(d.wei), pd.weights_desc(), kWei, true);
@@ -336,11 +359,12 @@ void chain_forward_dnnl(const float* x, const std::vector<DnnlChainLayer>& layer
   if (layers.empty()) throw std::invalid_argument("chain_forward_dnnl: no layers");
   std::lock_guard<std::mutex> lock(mu());
   auto& map = chain_cache().map;
-  std::vector<int64_t> key = chain_key(layers);
+  const DnnlConvAlgorithm algo = current_algorithm();
+  std::vector<int64_t> key = chain_key(layers, algo);
   auto it = map.find(key);
   if (it == map.end()) {
     if (map.size() >= kMaxShapes) map.clear();
-    it = map.emplace(std::move(key), std::make_unique<Chain>(layers)).first;
+    it = map.emplace(std::move(key), std::make_unique<Chain>(layers, algo)).first;
   }
   const Chain& c = *it->second;
   auto& eng = ctx().eng;
@@ -378,6 +402,9 @@ void chain_forward_dnnl(const float* x, const std::vector<DnnlChainLayer>& layer
 }
 
 bool conv2d_dnnl_available() { return true; }
+
+void set_dnnl_conv_algorithm(DnnlConvAlgorithm a) { g_algorithm.store(static_cast<int>(a)); }
+DnnlConvAlgorithm dnnl_conv_algorithm() { return current_algorithm(); }
 
 DnnlConvImplementations conv2d_dnnl_implementations(const Conv2dShape& s, bool bias) {
   std::lock_guard<std::mutex> lock(mu());

@@ -1,5 +1,6 @@
 // Linked when the engine is built without oneDNN: conv2d uses im2col + GEMM only, and
 // every GEMM goes to OpenBLAS.
+#include <atomic>
 #include <stdexcept>
 
 #include "kernels/conv.h"
@@ -15,6 +16,11 @@ void conv2d_backward_dnnl(const float*, const float*, const float*, float*, floa
   throw std::runtime_error("this engine was built without oneDNN");
 }
 
+namespace {
+std::atomic<int> g_algorithm{static_cast<int>(DnnlConvAlgorithm::kAuto)};
+}
+void set_dnnl_conv_algorithm(DnnlConvAlgorithm a) { g_algorithm.store(static_cast<int>(a)); }
+DnnlConvAlgorithm dnnl_conv_algorithm() { return static_cast<DnnlConvAlgorithm>(g_algorithm.load()); }
 DnnlConvImplementations conv2d_dnnl_implementations(const Conv2dShape&, bool) {
   throw std::runtime_error("this engine was built without oneDNN");
 }
