@@ -6,11 +6,8 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
 #include "kernels/common.h"
+#include "kernels/cpu/avx2.h"
 
 namespace kernels {
 
@@ -79,10 +76,6 @@ inline void window_columns(const float* c, __m256& c0, __m256& c1, __m256& c2) {
 inline __m256 nan_max8(__m256 a, __m256 b) {
   const __m256 take = _mm256_or_ps(_mm256_cmp_ps(b, a, _CMP_GT_OQ), _mm256_cmp_ps(b, b, _CMP_UNORD_Q));
   return _mm256_blendv_ps(a, b, take);
-}
-// The lanes below n (of 8), as a mask of 32-bit lanes.
-inline __m256i first_lanes(int64_t n) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 // Outputs [first, last) of max_row_inner<float, 3, 2>; the last group of fewer than 8 is
 // stored through a mask (its other lanes read spare entries and are dropped).

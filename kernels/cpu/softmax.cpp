@@ -5,9 +5,7 @@
 #include <cmath>
 #include <type_traits>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
+#include "kernels/cpu/avx2.h"
 
 namespace kernels {
 
@@ -36,10 +34,6 @@ inline __m256 exp8(__m256 x) {
   return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
 }
 
-// The lanes below n (of 8), as a mask of 32-bit lanes.
-inline __m256i first_lanes(int64_t n) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 // x[i .. i+8), the lanes at or past n as `fill`.
 inline __m256 load8(const float* x, int64_t i, int64_t n, float fill) {
   if (n - i >= 8) return _mm256_loadu_ps(x + i);
