@@ -115,22 +115,11 @@ TEST_P(ConvBackends, ReluFusedEqualsConvThenRelu) {
 // two in a row, an input with a NaN; run twice with new weights (the prepared run is kept).
 TEST(ConvReluPool, RunEqualsTheOpsOneAfterAnother) {
   auto conv = [](int64_t ci, int64_t co, int64_t k, int64_t st, int64_t pad, bool bias, uint64_t seed) {
-    ConvReluPoolLayer l;
-    l.weight = testing_util::randn({co, ci, k, k}, seed, DType::F32) * (1.0 / std::sqrt(double(ci * k * k)));
-    if (bias) l.bias = testing_util::randn({co}, seed + 1, DType::F32);
-    l.stride = st;
-    l.padding = pad;
-    return l;
+    return testing_util::conv_layer(
+        testing_util::randn({co, ci, k, k}, seed, DType::F32) * (1.0 / std::sqrt(double(ci * k * k))),
+        bias ? testing_util::randn({co}, seed + 1, DType::F32) : Tensor(), st, pad);
   };
-  auto pool = [](int64_t k, int64_t st, int64_t pad, bool ceil) {
-    ConvReluPoolLayer l;
-    l.pool = true;
-    l.kernel = k;
-    l.stride = st;
-    l.padding = pad;
-    l.ceil_mode = ceil;
-    return l;
-  };
+  const auto pool = testing_util::pool_layer;
   const std::vector<std::vector<ConvReluPoolLayer>> runs = {
       // AlexNet's features, smaller
       {conv(3, 16, 11, 4, 2, true, 1), pool(3, 2, 0, false), conv(16, 24, 5, 1, 2, true, 3), pool(3, 2, 0, false),
@@ -169,11 +158,8 @@ TEST(ConvReluPool, RunEqualsTheOpsOneAfterAnother) {
 
 // A max-pool first has no ReLU before it to keep NaN out: refused.
 TEST(ConvReluPool, MaxPoolFirstIsRefused) {
-  ConvReluPoolLayer p;
-  p.pool = true;
-  p.kernel = 2;
-  ConvReluPoolLayer c;
-  c.weight = testing_util::randn({4, 3, 3, 3}, 1, DType::F32);
+  const ConvReluPoolLayer p = testing_util::pool_layer(2, 1);
+  const ConvReluPoolLayer c = testing_util::conv_layer(testing_util::randn({4, 3, 3, 3}, 1, DType::F32));
   EXPECT_THROW(conv_relu_pool(testing_util::randn({1, 3, 8, 8}, 2, DType::F32), {p, c}), std::exception);
 }
 
@@ -233,15 +219,11 @@ TEST(ConvBackendsAlgorithm, EverySettingMatchesIm2col) {
       }
     }
     // A run through the blocked chain under this setting.
-    ConvReluPoolLayer c1, c2, pool;
-    c1.weight = testing_util::randn({64, 64, 3, 3}, ++seed, DType::F32) * (1.0 / 24.0);
-    c1.bias = testing_util::randn({64}, ++seed, DType::F32);
-    c1.padding = 1;
-    c2.weight = testing_util::randn({32, 64, 3, 3}, ++seed, DType::F32) * (1.0 / 24.0);
-    c2.padding = 1;
-    pool.pool = true;
-    pool.kernel = 3;
-    pool.stride = 2;
+    const Tensor w1 = testing_util::randn({64, 64, 3, 3}, ++seed, DType::F32) * (1.0 / 24.0);
+    const ConvReluPoolLayer c1 = testing_util::conv_layer(w1, testing_util::randn({64}, ++seed, DType::F32), 1, 1);
+    const ConvReluPoolLayer c2 =
+        testing_util::conv_layer(testing_util::randn({32, 64, 3, 3}, ++seed, DType::F32) * (1.0 / 24.0), Tensor(), 1, 1);
+    const ConvReluPoolLayer pool = testing_util::pool_layer(3, 2);
     const Tensor x = testing_util::randn({16, 64, 13, 13}, ++seed, DType::F32);
     NoGradGuard ng;
     const Tensor run = conv_relu_pool(x, {c1, c2, pool});

@@ -371,14 +371,7 @@ TEST_P(CudaTyped, Conv2dReluAndConvReluPoolMatchCpu) {
   expect_op_matches_cpu([](const TensorList& in) { return conv2d_relu(in[0], in[1], in[2], 1, 2); }, {x, w, b},
                         rtol_for(t));
   auto run = [](const TensorList& in) {
-    ConvReluPoolLayer conv, pool;
-    conv.weight = in[1];
-    conv.bias = in[2];
-    conv.padding = 2;
-    pool.pool = true;
-    pool.kernel = 3;
-    pool.stride = 2;
-    return conv_relu_pool(in[0], {conv, pool});
+    return conv_relu_pool(in[0], {testing_util::conv_layer(in[1], in[2], 1, 2), testing_util::pool_layer(3, 2)});
   };
   expect_op_matches_cpu(run, {x, w, b}, rtol_for(t));
   NoGradGuard ng;

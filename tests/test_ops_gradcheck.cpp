@@ -215,16 +215,8 @@ TEST(ConvReluPool, GradcheckF64) {
   Tensor w2 = leaf(randn({4, 3, 2, 2}, 186));
   EXPECT_GRADCHECK(
       [](const TensorList& in) {
-        ConvReluPoolLayer c1, pool, c2;
-        c1.weight = in[1];
-        c1.bias = in[2];
-        c1.padding = 1;
-        pool.pool = true;
-        pool.kernel = 3;
-        pool.stride = 2;
-        pool.ceil_mode = true;
-        c2.weight = in[3];
-        return conv_relu_pool(in[0], {c1, pool, c2});
+        return conv_relu_pool(in[0], {testing_util::conv_layer(in[1], in[2], 1, 1),
+                                      testing_util::pool_layer(3, 2, 0, true), testing_util::conv_layer(in[3])});
       },
       {x, w1, b1, w2});
 }

@@ -37,6 +37,25 @@ Tensor distinct(const Shape& shape, uint64_t seed, double gap, DType dtype) {
   return Tensor::from_vector(shape, v).to(dtype);
 }
 
+engine::ConvReluPoolLayer conv_layer(const Tensor& weight, const Tensor& bias, int64_t stride, int64_t padding) {
+  engine::ConvReluPoolLayer l;
+  l.weight = weight;
+  l.bias = bias;
+  l.stride = stride;
+  l.padding = padding;
+  return l;
+}
+
+engine::ConvReluPoolLayer pool_layer(int64_t kernel, int64_t stride, int64_t padding, bool ceil_mode) {
+  engine::ConvReluPoolLayer l;
+  l.pool = true;
+  l.kernel = kernel;
+  l.stride = stride;
+  l.padding = padding;
+  l.ceil_mode = ceil_mode;
+  return l;
+}
+
 ::testing::AssertionResult all_close(const Tensor& a, const Tensor& b, double rtol, double atol) {
   if (a.shape() != b.shape())
     return ::testing::AssertionFailure() << "shapes differ: " << engine::shape_str(a.shape()) << " vs "

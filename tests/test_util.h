@@ -27,6 +27,11 @@ Tensor rand(const Shape& shape, uint64_t seed, double lo, double hi, DType dtype
 // Values in random order, pairwise at least `gap` apart (no ties, no kinks for max).
 Tensor distinct(const Shape& shape, uint64_t seed, double gap = 0.01, DType dtype = DType::F64);
 
+// conv_relu_pool's layers: a convolution (followed by its ReLU), and a max-pool.
+engine::ConvReluPoolLayer conv_layer(const Tensor& weight, const Tensor& bias = Tensor(), int64_t stride = 1,
+                                     int64_t padding = 0);
+engine::ConvReluPoolLayer pool_layer(int64_t kernel, int64_t stride, int64_t padding = 0, bool ceil_mode = false);
+
 // Passes when |a - b| <= atol + rtol * |b| everywhere; else reports the worst element.
 ::testing::AssertionResult all_close(const Tensor& a, const Tensor& b, double rtol, double atol);
 #define EXPECT_ALL_CLOSE(a, b, rtol, atol) EXPECT_TRUE(::testing_util::all_close((a), (b), (rtol), (atol)))
