@@ -73,7 +73,11 @@ void softmax_row_avx2(const float* x, float* y, int64_t n, bool log) {
   const float m = std::max({mt[0], mt[1], mt[2], mt[3], mt[4], mt[5], mt[6], mt[7]});
   const __m256 mb = _mm256_set1_ps(m);
   __m256d slo = _mm256_setzero_pd(), shi = _mm256_setzero_pd();
-  for (int64_t i = 0; i < n; i += 8) add8(slo, shi, exp8(_mm256_sub_ps(load8(x, i, n, -INFINITY), mb)));
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(load8(x, i, n, -INFINITY), mb));
+    add8(slo, shi, e);
+    if (!log) store8(y, i, n, e);  // divided by the sum below
+  }
   const double s = sum4(_mm256_add_pd(slo, shi));
   if (log) {
     const __m256d lse = _mm256_set1_pd(std::log(s));
@@ -82,7 +86,7 @@ void softmax_row_avx2(const float* x, float* y, int64_t n, bool log) {
   } else {
     const __m256d sb = _mm256_set1_pd(s);
     for (int64_t i = 0; i < n; i += 8)
-      store8(y, i, n, in_double(exp8(_mm256_sub_ps(load8(x, i, n, 0), mb)), [&](__m256d e, int) { return _mm256_div_pd(e, sb); }));
+      store8(y, i, n, in_double(load8(y, i, n, 0), [&](__m256d e, int) { return _mm256_div_pd(e, sb); }));
   }
 }
 
