@@ -6,8 +6,9 @@
 // cuDNN path: the legacy convolution API (cudnn_cnn.h, still in cuDNN 9). The algorithm
 // for a (shape, dtype, direction, deterministic, TF32) key is chosen once, by
 // cudnnFind*AlgorithmEx on the caller's buffers (cudnnGet*_v7 heuristics if Find fails),
-// as the fastest one that succeeds, fits the workspace limit, is deterministic when
-// set_cudnn_deterministic(true), and, for float without TF32, uses no tensor-op math; it
+// as the fastest one that succeeds, fits the workspace limit, is not a non-fused Winograd
+// one (see pick), is deterministic when set_cudnn_deterministic(true), and, for float
+// without TF32, uses no tensor-op math; it
 // is cached with its workspace size and math type. The execution workspace is one device
 // buffer from the caching allocator, grown when a larger algorithm needs it.
 // Float convolutions use CUDNN_FMA_MATH (FP32-exact, like gemm_cuda) unless
@@ -362,12 +363,25 @@ void allocate_find_workspace(DeviceBuffer& buf, std::size_t want) {
   buf.reset(0);
 }
 
+// The non-fused Winograd algorithms lose accuracy well beyond float's: measured on an
+// H200 with cuDNN 9.19 against a double reference, AlexNet's 5x5 conv2 at batch 64 is
+// off by 1.0e-3 (forward), 1.5e-3 (backward-data) and 2.6e-3 (backward-filter) in norm,
+// and its 3x3 layers by 3e-6 to 6e-6, where every other algorithm stays within 1.2e-6
+// (the FFT ones within 4e-7, at about the same speed). They are never picked.
+bool is_winograd_nonfused(cudnnConvolutionFwdAlgo_t a) { return a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED; }
+bool is_winograd_nonfused(cudnnConvolutionBwdDataAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
+}
+bool is_winograd_nonfused(cudnnConvolutionBwdFilterAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
+}
+
 // The first usable result: perf arrays from Find are sorted by time, from _v7 by expected speed.
 template <typename Perf>
 bool pick(const std::vector<Perf>& perf, int n, std::size_t limit, bool deterministic, bool exact, Algo* out) {
   for (int i = 0; i < n && i < static_cast<int>(perf.size()); ++i) {
     const Perf& p = perf[i];
-    if (p.status != CUDNN_STATUS_SUCCESS || p.memory > limit) continue;
+    if (p.status != CUDNN_STATUS_SUCCESS || p.memory > limit || is_winograd_nonfused(p.algo)) continue;
     if (deterministic && p.determinism != CUDNN_DETERMINISTIC) continue;
     if (exact && (p.mathType == CUDNN_TENSOR_OP_MATH || p.mathType == CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION))
       continue;
