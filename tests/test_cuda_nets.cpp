@@ -7,7 +7,8 @@
 // Tolerance: the error relative to the reference tensor's largest magnitude
 // (testing_util::rel_error), 1e-4 in float32 (as the PyTorch parity test of test_nets:
 // eight layers of float32 sums in different orders, and gradients that come back
-// through all of them) and 1e-10 in float64.
+// through all of them) and 1e-10 in float64. The single forward-backward passes take the
+// CPU's result in float64 as the reference for both dtypes (see expect_eval_pass_agrees).
 #include <cmath>
 #include <cstdlib>
 #include <iostream>
@@ -94,12 +95,21 @@ void expect_passes_agree(const Pass& g, const Pass& c, double tol) {
             << worst_name << ")\n";
 }
 
+// The GPU's pass against the CPU's, which runs in float64 for either dtype (the same
+// weights and input, widened exactly). A float32 network of ReLUs and max-pools has a
+// discontinuous gradient: a pre-activation within rounding of zero, or two window values
+// within rounding of each other, can go either way in two float32 implementations, and
+// the gradient below it then differs by a whole element's share. So float32 is held
+// against the exact result rather than against another float32 rounding: SqueezeNet
+// here (seed 20) is such a case, with the CPU's own float32 input gradient 4.1e-2 off
+// float64 in this measure and the GPU's within the float32 tolerance.
 void expect_eval_pass_agrees(nets::Arch arch, DType t, uint64_t seed) {
   Twins twins(arch, t, seed);
+  twins.cpu->to(DType::F64);
   twins.cpu->eval();
   twins.gpu->eval();
   const Tensor x = randn({2, 3, 224, 224}, seed + 2, t);
-  const Pass c = run(*twins.cpu, x);
+  const Pass c = run(*twins.cpu, x.to(DType::F64));
   const Pass g = run(*twins.gpu, x.to(kCuda));
   expect_passes_agree(g, c, net_tol(t));
 }
@@ -161,8 +171,11 @@ TEST_P(CudaNets, AlexNetSgdStepsMatchCpu) {
 }
 
 // After warm-up, a training step reuses cached blocks: no cudaMalloc, and the bytes
-// handed out at the end of each step do not grow. Two warm-up steps: the first also
-// creates the momentum buffers, which keep blocks the next forward would have reused.
+// handed out at the end of each step do not grow. Warm-up is at most four steps, ending
+// with the first one that calls cudaMalloc no more: the first step also creates the
+// momentum buffers, which keep blocks the next forward would have reused, and a block
+// may serve a request up to half its size, so which cached block serves which request
+// can take another step or two to settle.
 // With ENGINE_CUDA_CACHING=0 (as under compute-sanitizer) every allocation is a
 // cudaMalloc by design, so the test does not apply.
 TEST(CudaAllocator, TrainingStepsAfterWarmUpCallNoCudaMalloc) {
@@ -184,8 +197,13 @@ TEST(CudaAllocator, TrainingStepsAfterWarmUpCallNoCudaMalloc) {
       sgd.step();
       return loss.item();
     };
-    step();
-    step();
+    int warm_up = 0;
+    for (bool settled = false; !settled && warm_up < 4; ++warm_up) {
+      const std::size_t before = kernels::cuda::device_memory_stats().malloc_calls;
+      step();
+      settled = warm_up > 0 && kernels::cuda::device_memory_stats().malloc_calls == before;
+    }
+    std::cout << nets::arch_name(arch) << ": " << warm_up << " warm-up steps\n";
     const kernels::cuda::DeviceMemoryStats warm = kernels::cuda::device_memory_stats();
     for (int i = 0; i < 3; ++i) {
       EXPECT_TRUE(std::isfinite(step()));
