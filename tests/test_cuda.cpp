@@ -608,6 +608,59 @@ template <typename T> void expect_gemm_matches_cpu(GemmFn<T> gpu) {
 
 }  // namespace
 
+// The elementwise maps at every alignment of their pointers and with every remainder of
+// n mod 4 (float takes four elements at a time where all pointers are 16-byte aligned,
+// and one at a time otherwise or for the tail), in place too: equal to the CPU's, and
+// nothing outside [0, n) is written (the arrays are random there).
+TEST_P(CudaKernels, ElementwiseMapsAtEveryAlignmentAndLength) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  const int64_t pad = 8;
+  uint64_t seed = 780;
+  for (int64_t n : {1, 3, 4, 5, 8, 1027, 4100})
+    for (int64_t off : {0, 1, 2, 3}) {
+      SCOPED_TRACE("n " + std::to_string(n) + " offset " + std::to_string(off));
+      const Tensor a = randn({n + pad}, seed++, t), b = randn({n + pad}, seed++, t), y0 = randn({n + pad}, seed++, t);
+      const Tensor a_d = a.to(kCuda), b_d = b.to(kCuda);
+      dispatch_dtype(t, [&](auto tag) {
+        using T = decltype(tag);
+        using Cpu = void (*)(const T*, const T*, T*, int64_t);
+        const std::function<void(const T*, const T*, T*, bool)> maps[] = {
+            [&](const T* u, const T*, T* y, bool gpu) {
+              (gpu ? kernels::relu_forward_cuda<T> : kernels::relu_forward_cpu<T>)(u, y, n);
+            },
+            [&](const T* u, const T* v, T* y, bool gpu) {
+              (gpu ? Cpu(kernels::relu_backward_cuda<T>) : Cpu(kernels::relu_backward_cpu<T>))(u, v, y, n);
+            },
+            [&](const T* u, const T* v, T* y, bool gpu) {
+              (gpu ? Cpu(kernels::guided_relu_backward_cuda<T>) : Cpu(kernels::guided_relu_backward_cpu<T>))(u, v, y,
+                                                                                                           n);
+            },
+            [&](const T* u, const T* v, T* y, bool gpu) {
+              (gpu ? kernels::axpby_cuda<T> : kernels::axpby_cpu<T>)(T(0.75), u, T(-1.25), v, y, n);
+            },
+            [&](const T* u, const T*, T* y, bool gpu) {
+              (gpu ? kernels::axpby_cuda<T> : kernels::axpby_cpu<T>)(T(0.75), u, T(0), nullptr, y, n);
+            },
+            [&](const T* u, const T* v, T* y, bool gpu) {
+              (gpu ? Cpu(kernels::mul_cuda<T>) : Cpu(kernels::mul_cpu<T>))(u, v, y, n);
+            }};
+        for (std::size_t m = 0; m < std::size(maps); ++m) {
+          SCOPED_TRACE("map " + std::to_string(m));
+          for (bool in_place : {false, true}) {
+            Tensor y = in_place ? a.clone() : y0.clone();
+            Tensor y_d = in_place ? a_d.clone() : y0.to(kCuda);
+            const T* u = in_place ? y.data<T>() : a.data<T>();
+            const T* u_d = in_place ? y_d.data<T>() : a_d.data<T>();
+            maps[m](u + off, b.data<T>() + off, y.data<T>() + off, false);
+            maps[m](u_d + off, b_d.data<T>() + off, y_d.data<T>() + off, true);
+            EXPECT_MATCHES_CPU(y_d, y, rtol_for(t)) << (in_place ? "in place" : "");
+          }
+        }
+      });
+    }
+}
+
 TEST_P(CudaKernels, GemmCublasMatchesCpu) {
   SKIP_WITHOUT_CUDA();
   EXPECT_FALSE(kernels::cuda_allow_tf32()) << "TF32 must be opt-in";
