@@ -10,6 +10,7 @@
 // element gathers from the few windows that can contain it, in the CPU's order of
 // accumulation (oh, then ow ascending), so there are no atomics, results are
 // deterministic and agree with the CPU's scatter bit for bit.
+#include <algorithm>
 #include <limits>
 
 #include "kernels/common.h"
@@ -38,10 +39,76 @@ __device__ __forceinline__ WindowRange windows_containing(int64_t i, int64_t k, 
 
 }  // namespace
 
+// Max-pool, two kernels per direction. The tiled ones, where every index fits in int
+// (all of AlexNet's and SqueezeNet's shapes): a 32 x 8 block covers 32 columns by 8 rows
+// of a plane and the grid's z the (n, c) planes, so no index needs a division, and the
+// window bounds divide by the stride, a compile-time 2 (every pooling layer of AlexNet
+// and SqueezeNet; a shift) or the shape's (S = 0). Index arithmetic is otherwise most of
+// these kernels' instructions: a division is a sequence of about twenty in 32 bits and
+// far more in 64. The flat ones, one thread per element with int64_t indices, take
+// anything larger.
+struct PoolGeom {
+  int H, W, Ho, Wo, kh, kw, sh, sw, ph, pw;
+};
+
+template <typename T, int S>
+__global__ void max_pool2d_forward_tiled(const T* x, T* y, int64_t* argmax, int planes, PoolGeom g) {
+  const int ow = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  const int oh = static_cast<int>(blockIdx.y * blockDim.y + threadIdx.y);
+  if (ow >= g.Wo || oh >= g.Ho) return;
+  const int sh = S > 0 ? S : g.sh, sw = S > 0 ? S : g.sw;
+  const int h0 = oh * sh - g.ph, w0 = ow * sw - g.pw;
+  const int hs = h0 < 0 ? 0 : h0, he = h0 + g.kh < g.H ? h0 + g.kh : g.H;
+  const int ws = w0 < 0 ? 0 : w0, we = w0 + g.kw < g.W ? w0 + g.kw : g.W;
+  for (int pl = static_cast<int>(blockIdx.z); pl < planes; pl += static_cast<int>(gridDim.z)) {
+    const T* xp = x + pl * g.H * g.W;
+    T best = -std::numeric_limits<T>::infinity();
+    int where = hs * g.W + ws;
+    for (int ih = hs; ih < he; ++ih)
+      for (int iw = ws; iw < we; ++iw) {
+        const T v = xp[ih * g.W + iw];
+        // NaN propagates, as in PyTorch (and the CPU loop).
+        if (v > best || v != v) {
+          best = v;
+          where = ih * g.W + iw;
+        }
+      }
+    const int k = (pl * g.Ho + oh) * g.Wo + ow;
+    y[k] = best;
+    if (argmax != nullptr) argmax[k] = where;
+  }
+}
+
+// One thread per input element: the sum of gy over the windows whose argmax it is, in
+// the CPU's order (oh, then ow ascending).
+template <typename T, int S>
+__global__ void max_pool2d_backward_tiled(const T* gy, const int64_t* argmax, T* gx, int planes, PoolGeom g) {
+  const int iw = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  const int ih = static_cast<int>(blockIdx.y * blockDim.y + threadIdx.y);
+  if (iw >= g.W || ih >= g.H) return;
+  const int sh = S > 0 ? S : g.sh, sw = S > 0 ? S : g.sw;
+  // Windows o with o * s - p <= i < o * s - p + k; i + p >= 0.
+  const int fh = ih + g.ph - g.kh + 1, fw = iw + g.pw - g.kw + 1;
+  const int oh_lo = fh <= 0 ? 0 : (fh + sh - 1) / sh, ow_lo = fw <= 0 ? 0 : (fw + sw - 1) / sw;
+  const int oh_hi = min((ih + g.ph) / sh, g.Ho - 1), ow_hi = min((iw + g.pw) / sw, g.Wo - 1);
+  const int here = ih * g.W + iw;
+  for (int pl = static_cast<int>(blockIdx.z); pl < planes; pl += static_cast<int>(gridDim.z)) {
+    const int64_t* ap = argmax + pl * g.Ho * g.Wo;
+    const T* gp = gy + pl * g.Ho * g.Wo;
+    T acc = T(0);
+    for (int oh = oh_lo; oh <= oh_hi; ++oh)
+      for (int ow = ow_lo; ow <= ow_hi; ++ow) {
+        const int o = oh * g.Wo + ow;
+        if (ap[o] == here) acc += gp[o];
+      }
+    gx[(pl * g.H + ih) * g.W + iw] = acc;
+  }
+}
+
 template <typename T>
-void max_pool2d_forward_cuda(const T* x, T* y, int64_t* argmax, const Pool2dShape& s) {
-  const Pool2dShape sp = s;
-  parallel_for(s.N * s.C * s.Ho * s.Wo, [=] __device__(int64_t k) {
+__global__ void max_pool2d_forward_flat(const T* x, T* y, int64_t* argmax, Pool2dShape sp, int64_t total) {
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < total;
+       k += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t ow = k % sp.Wo, t = k / sp.Wo;
     const int64_t oh = t % sp.Ho, pl = t / sp.Ho;
     const T* xp = x + pl * sp.H * sp.W;
@@ -54,7 +121,6 @@ void max_pool2d_forward_cuda(const T* x, T* y, int64_t* argmax, const Pool2dShap
     for (int64_t ih = hs; ih < he; ++ih)
       for (int64_t iw = ws; iw < we; ++iw) {
         const T v = xp[ih * sp.W + iw];
-        // NaN propagates, as in PyTorch (and the CPU loop).
         if (v > best || v != v) {
           best = v;
           where = ih * sp.W + iw;
@@ -62,13 +128,13 @@ void max_pool2d_forward_cuda(const T* x, T* y, int64_t* argmax, const Pool2dShap
       }
     y[k] = best;
     if (argmax != nullptr) argmax[k] = where;
-  });
+  }
 }
 
 template <typename T>
-void max_pool2d_backward_cuda(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s) {
-  const Pool2dShape sp = s;
-  parallel_for(s.N * s.C * s.H * s.W, [=] __device__(int64_t k) {
+__global__ void max_pool2d_backward_flat(const T* gy, const int64_t* argmax, T* gx, Pool2dShape sp, int64_t total) {
+  for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < total;
+       k += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t iw = k % sp.W, t = k / sp.W;
     const int64_t ih = t % sp.H, pl = t / sp.H;
     const int64_t here = ih * sp.W + iw;
@@ -82,7 +148,67 @@ void max_pool2d_backward_cuda(const T* gy, const int64_t* argmax, T* gx, const P
         if (argmax[o] == here) acc += gy[o];
       }
     gx[k] = acc;
-  });
+  }
+}
+
+namespace {
+
+constexpr int kFlatThreads = 256;
+const dim3 kTile(32, 8);
+
+// Whether the tiled kernels apply: every element index, and the window arithmetic, within
+// int; the grid's y within its limit.
+bool tiled_pool(const Pool2dShape& s) {
+  const int64_t lim = std::numeric_limits<int>::max();
+  return s.N * s.C * s.H * s.W <= lim && s.N * s.C * s.Ho * s.Wo <= lim &&
+         s.H + s.ph + s.kh + s.sh * s.Ho <= lim && s.W + s.pw + s.kw + s.sw * s.Wo <= lim &&
+         (s.H + kTile.y - 1) / kTile.y <= 65535 && (s.Ho + kTile.y - 1) / kTile.y <= 65535;
+}
+
+PoolGeom geom(const Pool2dShape& s) {
+  return {int(s.H), int(s.W), int(s.Ho), int(s.Wo), int(s.kh), int(s.kw), int(s.sh), int(s.sw), int(s.ph), int(s.pw)};
+}
+
+// The grid over rows x columns of every plane.
+dim3 tile_grid(int64_t rows, int64_t cols, int64_t planes) {
+  return dim3(static_cast<unsigned>((cols + kTile.x - 1) / kTile.x), static_cast<unsigned>((rows + kTile.y - 1) / kTile.y),
+              static_cast<unsigned>(std::min<int64_t>(planes, 65535)));
+}
+
+}  // namespace
+
+template <typename T>
+void max_pool2d_forward_cuda(const T* x, T* y, int64_t* argmax, const Pool2dShape& s) {
+  const int64_t planes = s.N * s.C, total = planes * s.Ho * s.Wo;
+  if (total <= 0) return;
+  if (tiled_pool(s)) {
+    const dim3 grid = tile_grid(s.Ho, s.Wo, planes);
+    if (s.sh == 2 && s.sw == 2)
+      max_pool2d_forward_tiled<T, 2><<<grid, kTile, 0, cuda::stream()>>>(x, y, argmax, int(planes), geom(s));
+    else
+      max_pool2d_forward_tiled<T, 0><<<grid, kTile, 0, cuda::stream()>>>(x, y, argmax, int(planes), geom(s));
+  } else {
+    max_pool2d_forward_flat<T>
+        <<<cuda::grid_for(total, kFlatThreads), kFlatThreads, 0, cuda::stream()>>>(x, y, argmax, s, total);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+template <typename T>
+void max_pool2d_backward_cuda(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s) {
+  const int64_t planes = s.N * s.C, total = planes * s.H * s.W;
+  if (total <= 0) return;
+  if (tiled_pool(s)) {
+    const dim3 grid = tile_grid(s.H, s.W, planes);
+    if (s.sh == 2 && s.sw == 2)
+      max_pool2d_backward_tiled<T, 2><<<grid, kTile, 0, cuda::stream()>>>(gy, argmax, gx, int(planes), geom(s));
+    else
+      max_pool2d_backward_tiled<T, 0><<<grid, kTile, 0, cuda::stream()>>>(gy, argmax, gx, int(planes), geom(s));
+  } else {
+    max_pool2d_backward_flat<T>
+        <<<cuda::grid_for(total, kFlatThreads), kFlatThreads, 0, cuda::stream()>>>(gy, argmax, gx, s, total);
+  }
+  CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
