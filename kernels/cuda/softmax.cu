@@ -6,7 +6,8 @@
 //                gx = gy - exp(y) * sum(gy)       (log_softmax)
 //   cross_entropy: loss = mean_n (log s_n + m_n - z_n[t_n]); gz = g * (prob - onehot(t)) / N
 // Memory-bound: a row is read two or three times (max, sum, write), mostly from cache.
-// The CPU formulas exactly: max-subtracted, exp and sums in double (float included).
+// The CPU's formulas: max-subtracted, sums in double, the exponential in the tensor's
+// type (expf for float, within 2 ulp like the CPU's float rows; exp for double).
 // inner == 1: one warp per row (rows up to 1024 long) or one block per row, with
 // warp-shuffle reductions; inner > 1: one thread per (o, i) column, strided by inner,
 // which keeps neighbouring threads on neighbouring addresses. Deterministic: no atomics,
@@ -79,6 +80,11 @@ struct BlockGroup {  // a whole 1-D block; smem holds 32 doubles (float and doub
   }
 };
 
+// e^v, widened to double: expf for float (within 2 ulp, as the CPU's float rows), exp
+// for double.
+__device__ __forceinline__ double exp_wide(float v) { return static_cast<double>(expf(v)); }
+__device__ __forceinline__ double exp_wide(double v) { return exp(v); }
+
 struct RowStats {
   double m;  // the row's maximum (in T, widened)
   double s;  // sum of exp(x - m)
@@ -91,16 +97,23 @@ __device__ RowStats softmax_row(const T* x, T* y, int64_t dim, int64_t stride, b
   T m = -std::numeric_limits<T>::infinity();
   for (int64_t d = g.rank(); d < dim; d += g.size()) m = max_of(m, x[d * stride]);
   m = g.max(m);
+  // softmax keeps e^(x - m) in y from the sum pass, and the last pass scales it: one
+  // exponential per element. Each thread rereads only what it wrote itself.
   double s = 0;
-  for (int64_t d = g.rank(); d < dim; d += g.size()) s += exp(static_cast<double>(x[d * stride] - m));
+  for (int64_t d = g.rank(); d < dim; d += g.size()) {
+    const double e = exp_wide(x[d * stride] - m);
+    s += e;
+    if (!log) y[d * stride] = static_cast<T>(e);
+  }
   s = g.sum(s);
   if (log) {
     const double lse = ::log(s);
     for (int64_t d = g.rank(); d < dim; d += g.size())
       y[d * stride] = static_cast<T>(static_cast<double>(x[d * stride] - m) - lse);
   } else {
+    const double inv = 1.0 / s;
     for (int64_t d = g.rank(); d < dim; d += g.size())
-      y[d * stride] = static_cast<T>(exp(static_cast<double>(x[d * stride] - m)) / s);
+      y[d * stride] = static_cast<T>(static_cast<double>(y[d * stride]) * inv);
   }
   return {static_cast<double>(m), s};
 }
@@ -114,7 +127,7 @@ __device__ void softmax_backward_row(const T* gy, const T* y, T* gx, int64_t dim
     s = g.sum(s);
     for (int64_t d = g.rank(); d < dim; d += g.size()) {
       const int64_t k = d * stride;
-      gx[k] = static_cast<T>(static_cast<double>(gy[k]) - exp(static_cast<double>(y[k])) * s);
+      gx[k] = static_cast<T>(static_cast<double>(gy[k]) - exp_wide(y[k]) * s);
     }
   } else {
     for (int64_t d = g.rank(); d < dim; d += g.size())
