@@ -9,7 +9,8 @@
 //   conv/      conv2d_forward_im2col_cuda against conv2d_forward_cudnn, conv1..conv5 at batch 64
 //   relu/, max_pool2d_*/, softmax/   memory-bound kernels against cuDNN's activation,
 //              pooling and softmax on the same shapes
-// Counters: GFLOP/s or GB/s; frac_of_copy (GB/s over the measured copy bandwidth),
+// Counters: GFLOP/s or GB/s; frac_of_copy (GB/s over the measured copy bandwidth) and
+// frac_of_same_copy (the time of a copy moving the same bytes, over ours),
 // frac_of_cublas / frac_of_cudnn (the library's time over ours on the same shape, so
 // 1 means as fast as the library). Without a CUDA device every row is skipped with
 // "no CUDA device" and the program exits 0.
@@ -21,6 +22,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -150,10 +152,27 @@ double copy_bandwidth() {
   return bw;
 }
 
+// Seconds for a device-to-device copy that reads and writes `bytes` in all (bytes / 2
+// each way): the same traffic as a kernel's, at its size. Copies of tens of MB stay
+// further from the 256 MiB figure (launch and tail, and the 50-60 MB L2), so this is the
+// fairer ceiling for one kernel on one shape. Measured once per size (median of 11).
+double same_traffic_copy_seconds(double bytes) {
+  static std::map<std::size_t, double> memo;
+  const std::size_t half = static_cast<std::size_t>(bytes / 2) / 16 * 16;
+  auto it = memo.find(half);
+  if (it != memo.end()) return it->second;
+  DeviceArray<char> a(half), b(half);
+  CUDA_CHECK(cudaMemsetAsync(a.get(), 1, half, cuda::stream()));
+  const double s = median_seconds(
+      [&] { CUDA_CHECK(cudaMemcpyAsync(b.get(), a.get(), half, cudaMemcpyDeviceToDevice, cuda::stream())); });
+  return memo.emplace(half, s).first->second;
+}
+
 void set_gbps(benchmark::State& state, double bytes, double seconds) {
   const double bps = bytes / seconds;
   state.counters["GB/s"] = bps * 1e-9;
   state.counters["frac_of_copy"] = bps / copy_bandwidth();
+  state.counters["frac_of_same_copy"] = same_traffic_copy_seconds(bytes) / seconds;
 }
 
 // ---- ceilings --------------------------------------------------------------------------

@@ -13,6 +13,8 @@
 #               run too, and SqueezeNet float32 of the whole networks)
 #   racecheck   compute-sanitizer --tool racecheck over the tests of our own kernels
 #   bench       bin/bench_cuda_ops (ceilings, GEMM, convolution, memory-bound kernels)
+#               and bin/cudnn_conv_algos (every cuDNN convolution algorithm's time and
+#               float32 error at AlexNet's shapes)
 #   throughput  bin/alexnet_throughput --device cuda: forward and train at batch 64,
 #               saliency at batch 1
 #   pytorch     bench/compare_pytorch.sh 5 cuda: PyTorch's AlexNet on the same card beside
@@ -343,7 +345,8 @@ stage_build() {
     echo "configured without the CUDA backend (see configure.log)"
     return 1
   fi
-  limited cmake --build "$build_dir" -j"$jobs" --target test_cuda test_cuda_nets bench_cuda_ops alexnet_throughput
+  limited cmake --build "$build_dir" -j"$jobs" --target test_cuda test_cuda_nets bench_cuda_ops cudnn_conv_algos \
+    alexnet_throughput
 }
 
 # The CUDA test binaries of the build.
@@ -448,7 +451,7 @@ stage_bench() {
 import json, sys
 d = json.load(open(sys.argv[1]))
 print("Device: %s\n" % d.get("context", {}).get("cuda_device", "unknown"))
-cols = ["GFLOP/s", "GB/s", "frac_of_copy", "frac_of_cublas", "frac_of_cudnn"]
+cols = ["GFLOP/s", "GB/s", "frac_of_copy", "frac_of_same_copy", "frac_of_cublas", "frac_of_cudnn"]
 print("| row | time | " + " | ".join(cols) + " |")
 print("| --- | ---: |" + " ---: |" * len(cols))
 for b in d.get("benchmarks", []):
@@ -463,6 +466,24 @@ EOF
   if grep -q "ERROR OCCURRED" "$log_dir/bench.log"; then
     echo "FAIL: some rows did not run (ERROR OCCURRED above)"
     rc=1
+  fi
+  # Every cuDNN convolution algorithm: time and float32 error against float64 (builds
+  # and bundles from before it have no such binary).
+  local algos="$build_dir/bin/cudnn_conv_algos"
+  if [ -x "$algos" ]; then
+    echo "---- cudnn_conv_algos --batch 64"
+    if limited env "${ld_env[@]}" "$algos" --batch 64 >"$log_dir/cudnn_conv_algos.md" 2>&1; then
+      {
+        echo
+        echo "cuDNN's convolution algorithms (\`cudnn_conv_algos --batch 64\`):"
+        echo
+        cat "$log_dir/cudnn_conv_algos.md"
+      } >>"$log_dir/bench.md"
+    else
+      echo "FAIL: cudnn_conv_algos"
+      rc=1
+    fi
+    cat "$log_dir/cudnn_conv_algos.md"
   fi
   return $rc
 }
