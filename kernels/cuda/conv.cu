@@ -8,9 +8,9 @@
 // cudnnFind*AlgorithmEx on the caller's buffers (cudnnGet*_v7 heuristics if Find fails),
 // as the fastest one that succeeds, fits the workspace limit, is not a non-fused Winograd
 // one (see pick), is deterministic when set_cudnn_deterministic(true), and, for float
-// without TF32, uses no tensor-op math; it
-// is cached with its workspace size and math type. The execution workspace is one device
-// buffer from the caching allocator, grown when a larger algorithm needs it.
+// without TF32, uses no tensor-op math; it is cached with its workspace size and math
+// type. The execution workspace is one device buffer from the caching allocator, grown
+// when a larger algorithm needs it.
 // Float convolutions use CUDNN_FMA_MATH (FP32-exact, like gemm_cuda) unless
 // kernels::cuda_allow_tf32(), then CUDNN_DEFAULT_MATH (which lets cuDNN use TF32 on
 // sm_80+, as PyTorch's allow_tf32 does).
