@@ -12,6 +12,10 @@ namespace kernels::cuda {
 // Number of usable CUDA devices; 0 when there is no GPU, no driver, or no CUDA build.
 int device_count();
 std::string device_name(int device);
+// The CUDA runtime's, cuBLAS's and cuDNN's versions as loaded at run time (which can
+// differ from the headers built against), e.g. "CUDA runtime 13.0, cuBLAS 13.0.2, cuDNN
+// 9.19.0".
+std::string library_versions();
 // Makes `device` current for the calling thread (the engine uses one device at a time).
 void set_device(int device);
 

@@ -20,6 +20,7 @@ namespace {
 namespace cuda {
 int device_count() { return 0; }
 std::string device_name(int) { no_cuda(); }
+std::string library_versions() { no_cuda(); }
 void set_device(int) { no_cuda(); }
 void* malloc_device(std::size_t) { no_cuda(); }
 void free_device(void*) noexcept {}

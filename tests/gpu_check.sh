@@ -169,6 +169,7 @@ driver_cuda=$(nvidia-smi 2>/dev/null | grep -o 'CUDA Version: [0-9.]*' | head -n
 toolkit_cuda="not found"
 [ -n "$nvcc_path" ] && toolkit_cuda=$("$nvcc_path" --version | grep -o 'release [0-9.]*' | awk '{print $2}')
 cudnn_version="unknown"
+runtime_libs=""  # as test_cuda reports them (the tests stage)
 for h in "$(dirname "${nvcc_path:-/usr/local/cuda/bin/nvcc}")/../include/cudnn_version.h" /usr/include/cudnn_version.h \
          /usr/include/x86_64-linux-gnu/cudnn_version_v*.h; do
   if [ -f "$h" ]; then
@@ -193,7 +194,8 @@ write_report() {
     echo "- Host: $(hostname 2>/dev/null || echo unknown)"
     echo "- Card: $card_name, ${card_memory}, compute capability ${card_cc:-unknown}"
     echo "- Driver: $card_driver (supports CUDA ${driver_cuda:-unknown})"
-    echo "- CUDA toolkit: $toolkit_cuda (${nvcc_path:-no nvcc}); cuDNN $cudnn_version"
+    echo "- CUDA toolkit: $toolkit_cuda (${nvcc_path:-no nvcc}); cuDNN $cudnn_version (its header)"
+    [ -n "$runtime_libs" ] && echo "- Loaded at run time (test_cuda): $runtime_libs"
     echo "- compute-sanitizer: ${sanitizer:-not found}"
     echo "- Source: $root at $commit"
     if [ -n "$bundle_dir" ]; then
@@ -369,6 +371,9 @@ stage_tests() {
       rc=1
     fi
     cat "$log_dir/tests-$(basename "$b").log"
+    if [ -z "$runtime_libs" ]; then
+      runtime_libs=$(sed -n 's/^libraries at run time: //p' "$log_dir/tests-$(basename "$b").log" | head -n 1)
+    fi
     if ! grep -qE '^\[==========\] [0-9]+ tests? from .* ran\.' "$log_dir/tests-$(basename "$b").log"; then
       not_started+=" $(basename "$b")"
     fi

@@ -1076,4 +1076,7 @@ TEST(CudaDevice, IsNamed) {
   SKIP_WITHOUT_CUDA();
   EXPECT_FALSE(kernels::cuda::device_name(0).empty());
   std::cout << "CUDA device 0: " << kernels::cuda::device_name(0) << "\n";
+  const std::string versions = kernels::cuda::library_versions();
+  EXPECT_NE(versions.find("cuDNN "), std::string::npos) << versions;
+  std::cout << "libraries at run time: " << versions << "\n";
 }

@@ -44,6 +44,19 @@ std::string device_name(int device) {
   return prop.name;
 }
 
+std::string library_versions() {
+  int rt = 0, major = 0, minor = 0, patch = 0;
+  CUDA_CHECK(cudaRuntimeGetVersion(&rt));
+  CUBLAS_CHECK(cublasGetProperty(MAJOR_VERSION, &major));
+  CUBLAS_CHECK(cublasGetProperty(MINOR_VERSION, &minor));
+  CUBLAS_CHECK(cublasGetProperty(PATCH_LEVEL, &patch));
+  // cuDNN 9 encodes its version as major * 10000 + minor * 100 + patch.
+  const std::size_t dnn = cudnnGetVersion();
+  return "CUDA runtime " + std::to_string(rt / 1000) + "." + std::to_string(rt % 1000 / 10) + ", cuBLAS " +
+         std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(patch) + ", cuDNN " +
+         std::to_string(dnn / 10000) + "." + std::to_string(dnn % 10000 / 100) + "." + std::to_string(dnn % 100);
+}
+
 void set_device(int device) { CUDA_CHECK(cudaSetDevice(device)); }
 
 // Handles are created once and never destroyed: kernels may still be queued when static
