@@ -7,8 +7,10 @@
 //   gemm/      gemm_tiled_cuda against gemm_cuda (cuBLAS) on fc6, fc7 and fc8 at batch
 //              1, 64 and 128 (y = x W^T, as linear calls it) and 4096^3
 //   conv/      conv2d_forward_im2col_cuda against conv2d_forward_cudnn, conv1..conv5 at batch 64
-//   relu/, max_pool2d_*/, softmax/   memory-bound kernels against cuDNN's activation,
-//              pooling and softmax on the same shapes
+//   relu/, relu_bwd/, max_pool2d_*/, softmax_fwd/, log_softmax_*/   memory-bound kernels
+//              against cuDNN's activation, pooling and softmax on the same shapes
+//   axpby/, sum_all/   against cuBLAS's SAXPY and SASUM (the same bytes moved)
+//   sgd_step/  the momentum step over AlexNet's parameters (the copy ceiling only)
 // Counters: GFLOP/s or GB/s; frac_of_copy (GB/s over the measured copy bandwidth) and
 // frac_of_same_copy (the time of a copy moving the same bytes, over ours),
 // frac_of_cublas / frac_of_cudnn (the library's time over ours on the same shape, so
@@ -34,6 +36,8 @@
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/pool.h"
+#include "kernels/reduce.h"
+#include "kernels/sgd.h"
 #include "kernels/softmax.h"
 
 namespace {
@@ -401,6 +405,132 @@ void bm_softmax(benchmark::State& state, int64_t rows, bool ours) {
   });
 }
 
+// relu's backward on the same shape: gx = gy where y > 0. Ours reads gy and y and writes
+// gx; cuDNN's also takes x (given y, which it may read too), so both are counted at 12
+// bytes an element and compared by time.
+void bm_relu_backward(benchmark::State& state, bool ours) {
+  guarded(state, [&] {
+    const int64_t N = 64, C = 64, H = 55, W = 55, n = N * C * H * W;
+    DeviceArray<float> x(static_cast<std::size_t>(n)), y(static_cast<std::size_t>(n));
+    DeviceArray<float> gy(static_cast<std::size_t>(n)), gx(static_cast<std::size_t>(n));
+    randomize(x, 12);
+    randomize(gy, 13);
+    kernels::relu_forward_cuda<float>(x.get(), y.get(), n);
+    const TensorDesc t(N, C, H, W);
+    const ReluDesc act;
+    auto ours_bwd = [&] { kernels::relu_backward_cuda<float>(gy.get(), y.get(), gx.get(), n); };
+    auto cudnn_bwd = [&] {
+      CUDNN_CHECK(cudnnActivationBackward(cuda::cudnn_handle(), act.d, &kOne, t.d, y.get(), t.d, gy.get(), t.d,
+                                          y.get(), &kZero, t.d, gx.get()));
+    };
+    const double s = ours ? run_timed(state, ours_bwd) : run_timed(state, cudnn_bwd);
+    state.counters["frac_of_cudnn"] = ours ? median_seconds(cudnn_bwd) / s : 1.0;
+    set_gbps(state, 3.0 * 4.0 * static_cast<double>(n), s);
+  });
+}
+
+// log-softmax over rows of 1000, forward (x read, y written) or backward (gy and y read,
+// gx written), beside cuDNN's CUDNN_SOFTMAX_LOG.
+void bm_log_softmax(benchmark::State& state, int64_t rows, bool backward, bool ours) {
+  guarded(state, [&] {
+    const int64_t K = 1000, n = rows * K;
+    DeviceArray<float> x(static_cast<std::size_t>(n)), y(static_cast<std::size_t>(n));
+    DeviceArray<float> gy(static_cast<std::size_t>(n)), gx(static_cast<std::size_t>(n));
+    randomize(x, 14);
+    randomize(gy, 15);
+    kernels::softmax_forward_cuda<float>(x.get(), y.get(), rows, K, 1, true);
+    const TensorDesc t(rows, K, 1, 1);
+    const cudnnHandle_t h = cuda::cudnn_handle();
+    std::function<void()> ours_op, cudnn_op;
+    if (backward) {
+      ours_op = [&] { kernels::softmax_backward_cuda<float>(gy.get(), y.get(), gx.get(), rows, K, 1, true); };
+      cudnn_op = [&] {
+        CUDNN_CHECK(cudnnSoftmaxBackward(h, CUDNN_SOFTMAX_LOG, CUDNN_SOFTMAX_MODE_INSTANCE, &kOne, t.d, y.get(), t.d,
+                                         gy.get(), &kZero, t.d, gx.get()));
+      };
+    } else {
+      ours_op = [&] { kernels::softmax_forward_cuda<float>(x.get(), y.get(), rows, K, 1, true); };
+      cudnn_op = [&] {
+        CUDNN_CHECK(cudnnSoftmaxForward(h, CUDNN_SOFTMAX_LOG, CUDNN_SOFTMAX_MODE_INSTANCE, &kOne, t.d, x.get(), &kZero,
+                                        t.d, y.get()));
+      };
+    }
+    const double s = ours ? run_timed(state, ours_op) : run_timed(state, cudnn_op);
+    state.counters["frac_of_cudnn"] = ours ? median_seconds(cudnn_op) / s : 1.0;
+    set_gbps(state, (backward ? 12.0 : 8.0) * static_cast<double>(n), s);
+  });
+}
+
+// Times ours_op (ours) or cublas_op for the row and sets frac_of_cublas; the engine's
+// cuBLAS handle is in device pointer mode meanwhile (so that scalars and a reduction's
+// result stay on the device and nothing synchronises), restored afterwards. Returns the
+// row's seconds per call.
+template <typename F, typename G>
+double timed_beside_cublas(benchmark::State& state, bool ours, F&& ours_op, G&& cublas_op) {
+  const cublasHandle_t h = cuda::cublas_handle();
+  cublasPointerMode_t mode = CUBLAS_POINTER_MODE_HOST;
+  CUBLAS_CHECK(cublasGetPointerMode(h, &mode));
+  CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
+  double s = 0, ref = 0;
+  try {
+    s = ours ? run_timed(state, ours_op) : run_timed(state, cublas_op);
+    ref = ours ? median_seconds(cublas_op) : s;
+  } catch (...) {
+    cublasSetPointerMode(h, mode);
+    throw;
+  }
+  CUBLAS_CHECK(cublasSetPointerMode(h, mode));
+  state.counters["frac_of_cublas"] = ref / s;
+  return s;
+}
+
+// y = a x + b z over n floats (add, sub, the gradient sums; 12 bytes an element), beside
+// cuBLAS's y = a x + y (SAXPY: the same three streams).
+void bm_axpby(benchmark::State& state, int64_t n, bool ours) {
+  guarded(state, [&] {
+    DeviceArray<float> x(static_cast<std::size_t>(n)), z(static_cast<std::size_t>(n)), y(static_cast<std::size_t>(n));
+    DeviceArray<float> a(1);
+    randomize(x, 16);
+    randomize(z, 17);
+    kernels::fill_cuda<float>(a.get(), 0.5f, 1);
+    const cublasHandle_t h = cuda::cublas_handle();
+    const double s = timed_beside_cublas(
+        state, ours, [&] { kernels::axpby_cuda<float>(0.5f, x.get(), 1.0f, z.get(), y.get(), n); },
+        [&] { CUBLAS_CHECK(cublasSaxpy(h, static_cast<int>(n), a.get(), x.get(), 1, y.get(), 1)); });
+    set_gbps(state, 12.0 * static_cast<double>(n), s);
+  });
+}
+
+// The sum of n floats into one device element (reads 4 bytes an element), beside
+// cuBLAS's sum of absolute values (SASUM: the same read).
+void bm_sum_all(benchmark::State& state, int64_t n, bool ours) {
+  guarded(state, [&] {
+    DeviceArray<float> x(static_cast<std::size_t>(n)), y(1);
+    randomize(x, 18);
+    const cublasHandle_t h = cuda::cublas_handle();
+    const double s = timed_beside_cublas(
+        state, ours, [&] { kernels::sum_all_cuda<float>(x.get(), y.get(), 1.0f, n); },
+        [&] { CUBLAS_CHECK(cublasSasum(h, static_cast<int>(n), x.get(), 1, y.get())); });
+    set_gbps(state, 4.0 * static_cast<double>(n), s);
+  });
+}
+
+// One SGD step with momentum and weight decay over AlexNet's 61.1 M parameters: p, g and
+// the momentum buffer read, p and the buffer written (20 bytes a parameter). No library
+// does this step; the copy ceiling is the reference.
+void bm_sgd(benchmark::State& state) {
+  guarded(state, [&] {
+    const int64_t n = 61'100'840;
+    DeviceArray<float> p(static_cast<std::size_t>(n)), g(static_cast<std::size_t>(n)), buf(static_cast<std::size_t>(n));
+    randomize(p, 19);
+    randomize(g, 20);
+    randomize(buf, 21);
+    const kernels::SgdParams hp{0.001, 0.9, 0.0, 0.0005, false, false};
+    const double s = run_timed(state, [&] { kernels::sgd_step_cuda<float>(p.get(), g.get(), buf.get(), hp, n); });
+    set_gbps(state, 20.0 * static_cast<double>(n), s);
+  });
+}
+
 // ---- registration ---------------------------------------------------------------------------
 
 template <typename F> void add(const std::string& name, F&& fn, benchmark::TimeUnit unit = benchmark::kMicrosecond) {
@@ -446,6 +576,20 @@ void register_all() {
   for (int64_t rows : {128, 8192})
     pair("softmax_fwd/" + std::to_string(rows) + "x1000",
          [rows](benchmark::State& st, bool ours) { bm_softmax(st, rows, ours); });
+  pair("relu_bwd/64x64x55x55", bm_relu_backward);
+  for (bool backward : {false, true})
+    pair(std::string(backward ? "log_softmax_bwd" : "log_softmax_fwd") + "/8192x1000",
+         [backward](benchmark::State& st, bool ours) { bm_log_softmax(st, 8192, backward, ours); });
+
+  // Against cuBLAS's nearest routines, which move the same bytes.
+  const int64_t n = int64_t(1) << 25;
+  for (bool ours : {false, true})
+    add(std::string("axpby/2^25/") + (ours ? "ours" : "cublas_saxpy"),
+        [n, ours](benchmark::State& st) { bm_axpby(st, n, ours); });
+  for (bool ours : {false, true})
+    add(std::string("sum_all/2^25/") + (ours ? "ours" : "cublas_sasum"),
+        [n, ours](benchmark::State& st) { bm_sum_all(st, n, ours); });
+  add("sgd_step/alexnet_61.1M/ours", [](benchmark::State& st) { bm_sgd(st); });
 }
 
 }  // namespace
