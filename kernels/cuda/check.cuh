@@ -76,6 +76,9 @@ template <typename F> void parallel_for(int64_t n, F f) {
   CUDA_CHECK_LAUNCH();
 }
 
+// Whether p may be read and written 16 bytes at a time (float4, double2).
+inline bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
+
 // Blocks for a grid-stride launch of n items with `threads` per block.
 inline unsigned grid_for(int64_t n, int threads) {
   const int64_t want = (n + threads - 1) / threads;

@@ -2,7 +2,6 @@
 // input and one write per element (float maps four at a time, see map2); the
 // per-element math is kernels/common.h's, so the CPU and CUDA backends compute the same
 // values (random draws included).
-#include <cstdint>
 #include <type_traits>
 
 #include "kernels/common.h"
@@ -14,8 +13,6 @@ namespace kernels {
 using cuda::parallel_for;
 
 namespace {
-
-bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
 
 // y[i] = op(a[i], b[i]) over float arrays, four elements per thread with 16-byte loads
 // and stores (one instruction each instead of four), the last n % 4 one at a time.
@@ -41,7 +38,7 @@ __global__ void map2_float4_kernel(const float* a, const float* b, float* y, int
 template <typename T, typename Op> void map2(const T* a, const T* b, T* y, int64_t n, Op op) {
   if (n <= 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (aligned16(a) && aligned16(b) && aligned16(y)) {
+    if (cuda::aligned16(a) && cuda::aligned16(b) && cuda::aligned16(y)) {
       constexpr int kThreads = 256;
       map2_float4_kernel<<<cuda::grid_for((n + 3) / 4, kThreads), kThreads, 0, cuda::stream()>>>(a, b, y, n, op);
       CUDA_CHECK_LAUNCH();

@@ -290,15 +290,13 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 template <typename T, bool TA, bool TB>
 void launch_tiled(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
                   int64_t ldb, T beta, T* C, int64_t ldc) {
   using S = TileShape<T>;
-  const bool vec_a = aligned16(A) && lda % S::V == 0;
-  const bool vec_b = aligned16(B) && ldb % S::V == 0;
-  const bool vec_c = aligned16(C) && ldc % S::V == 0;
+  const bool vec_a = cuda::aligned16(A) && lda % S::V == 0;
+  const bool vec_b = cuda::aligned16(B) && ldb % S::V == 0;
+  const bool vec_c = cuda::aligned16(C) && ldc % S::V == 0;
   const int64_t tiles_n = (N + S::BN - 1) / S::BN;
   const int64_t tiles_m = (M + S::BM - 1) / S::BM;
   // gridDim.x < 2^31: more tiles than that (M*N beyond 2^45) go in several launches by rows.

@@ -177,38 +177,36 @@ dim3 tile_grid(int64_t rows, int64_t cols, int64_t planes) {
 
 }  // namespace
 
-template <typename T>
-void max_pool2d_forward_cuda(const T* x, T* y, int64_t* argmax, const Pool2dShape& s) {
-  const int64_t planes = s.N * s.C, total = planes * s.Ho * s.Wo;
+// Launches a max-pool direction over rows x cols of every plane: the tiled kernel (its
+// stride-2 instance where both strides are 2) or, for shapes beyond int, the flat one
+// over all `total` elements. `args` are the kernels' leading arguments.
+template <typename Tiled2, typename Tiled0, typename Flat, typename... Args>
+void launch_max_pool(const Pool2dShape& s, int64_t rows, int64_t cols, Tiled2 tiled2, Tiled0 tiled0, Flat flat,
+                     Args... args) {
+  const int64_t planes = s.N * s.C, total = planes * rows * cols;
   if (total <= 0) return;
   if (tiled_pool(s)) {
-    const dim3 grid = tile_grid(s.Ho, s.Wo, planes);
+    const dim3 grid = tile_grid(rows, cols, planes);
     if (s.sh == 2 && s.sw == 2)
-      max_pool2d_forward_tiled<T, 2><<<grid, kTile, 0, cuda::stream()>>>(x, y, argmax, int(planes), geom(s));
+      tiled2<<<grid, kTile, 0, cuda::stream()>>>(args..., int(planes), geom(s));
     else
-      max_pool2d_forward_tiled<T, 0><<<grid, kTile, 0, cuda::stream()>>>(x, y, argmax, int(planes), geom(s));
+      tiled0<<<grid, kTile, 0, cuda::stream()>>>(args..., int(planes), geom(s));
   } else {
-    max_pool2d_forward_flat<T>
-        <<<cuda::grid_for(total, kFlatThreads), kFlatThreads, 0, cuda::stream()>>>(x, y, argmax, s, total);
+    flat<<<cuda::grid_for(total, kFlatThreads), kFlatThreads, 0, cuda::stream()>>>(args..., s, total);
   }
   CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
+void max_pool2d_forward_cuda(const T* x, T* y, int64_t* argmax, const Pool2dShape& s) {
+  launch_max_pool(s, s.Ho, s.Wo, max_pool2d_forward_tiled<T, 2>, max_pool2d_forward_tiled<T, 0>,
+                  max_pool2d_forward_flat<T>, x, y, argmax);
+}
+
+template <typename T>
 void max_pool2d_backward_cuda(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s) {
-  const int64_t planes = s.N * s.C, total = planes * s.H * s.W;
-  if (total <= 0) return;
-  if (tiled_pool(s)) {
-    const dim3 grid = tile_grid(s.H, s.W, planes);
-    if (s.sh == 2 && s.sw == 2)
-      max_pool2d_backward_tiled<T, 2><<<grid, kTile, 0, cuda::stream()>>>(gy, argmax, gx, int(planes), geom(s));
-    else
-      max_pool2d_backward_tiled<T, 0><<<grid, kTile, 0, cuda::stream()>>>(gy, argmax, gx, int(planes), geom(s));
-  } else {
-    max_pool2d_backward_flat<T>
-        <<<cuda::grid_for(total, kFlatThreads), kFlatThreads, 0, cuda::stream()>>>(gy, argmax, gx, s, total);
-  }
-  CUDA_CHECK_LAUNCH();
+  launch_max_pool(s, s.H, s.W, max_pool2d_backward_tiled<T, 2>, max_pool2d_backward_tiled<T, 0>,
+                  max_pool2d_backward_flat<T>, gy, argmax, gx);
 }
 
 template <typename T>
