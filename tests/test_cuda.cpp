@@ -22,12 +22,14 @@
 
 #include "engine/autograd.h"
 #include "engine/ops.h"
+#include "engine/ops/common.h"
 #include "engine/optim/sgd.h"
 #include "kernels/common.h"
 #include "kernels/conv.h"
 #include "kernels/cuda_runtime.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
+#include "kernels/pool.h"
 #include "kernels/sgd.h"
 #include "tests/test_util.h"
 
@@ -292,9 +294,12 @@ TEST_P(CudaTyped, SoftmaxAndLogSoftmaxMatchCpu) {
     int64_t dim;
   };
   // Short and long rows (1000: ImageNet's classes; 5000: longer than a warp's share),
-  // and inner > 1 where the softmax axis is not the last one.
-  const Case cases[] = {{{3, 6}, 1},    {{2, 3, 5}, -1}, {{3, 2, 4}, 0},
-                        {{2, 4, 3}, 1}, {{7, 1000}, 1},  {{2, 5000}, -1}};
+  // rows of every register width a warp can hold (up to 32, 64, ..., 1024 elements, each
+  // just past the width below), and inner > 1 where the softmax axis is not the last one.
+  const Case cases[] = {{{3, 6}, 1},     {{2, 3, 5}, -1}, {{3, 2, 4}, 0},  {{2, 4, 3}, 1},
+                        {{7, 1000}, 1},  {{2, 5000}, -1}, {{3, 32}, 1},    {{3, 33}, 1},
+                        {{2, 100}, -1},  {{2, 129}, 1},   {{2, 300}, 1},   {{2, 513}, 1},
+                        {{2, 1024}, 1},  {{2, 1025}, 1}};
   uint64_t seed = 50;
   for (const Case& c : cases) {
     SCOPED_TRACE(::testing::Message() << shape_str(c.shape) << " dim " << c.dim);
@@ -459,6 +464,62 @@ TEST_P(CudaTyped, MaxPool2dMatchesCpu) {
   }
 }
 
+// The tiled max-pool kernels' per-thread code, run on the host (no GPU needed): the same
+// maxima, argmax and gradients as the CPU's kernels, bit for bit, in both of its forms
+// (3x3 at stride 2 with fixed trip counts; any other window). Values on a coarse grid
+// make ties, and a few NaNs must propagate to their windows.
+template <typename T> void expect_tiled_max_pool_matches_cpu(const PoolCase& c, uint64_t seed) {
+  const kernels::Pool2dShape s = engine::detail::max_pool2d_shape(c.x, c.k, c.s, c.p, c.ceil);
+  const Tensor r = randn(c.x, seed);
+  const int64_t nx = r.numel(), ny = s.N * s.C * s.Ho * s.Wo;
+  std::vector<T> x(static_cast<std::size_t>(nx)), gy(static_cast<std::size_t>(ny));
+  for (int64_t i = 0; i < nx; ++i) x[i] = static_cast<T>(std::round(r.data<double>()[i] * 2.0));
+  for (int64_t i = 0; i < nx; i += 37) x[i] = std::numeric_limits<T>::quiet_NaN();
+  const Tensor rg = randn({ny}, seed + 1);
+  for (int64_t i = 0; i < ny; ++i) gy[i] = static_cast<T>(rg.data<double>()[i]);
+
+  std::vector<T> y_cpu(gy.size()), y_dev(gy.size(), T(-7)), gx_cpu(x.size()), gx_dev(x.size(), T(-7));
+  std::vector<int64_t> am_cpu(gy.size()), am_dev(gy.size(), -7);
+  kernels::max_pool2d_forward_cpu<T>(x.data(), y_cpu.data(), am_cpu.data(), s);
+  kernels::max_pool2d_forward_cuda_on_host<T>(x.data(), y_dev.data(), am_dev.data(), s);
+  EXPECT_EQ(am_dev, am_cpu);
+  EXPECT_EQ(0, std::memcmp(y_dev.data(), y_cpu.data(), y_cpu.size() * sizeof(T))) << "maxima differ";
+  // Without an argmax only y is written.
+  std::vector<T> y_only(gy.size(), T(-7));
+  kernels::max_pool2d_forward_cuda_on_host<T>(x.data(), y_only.data(), nullptr, s);
+  EXPECT_EQ(0, std::memcmp(y_only.data(), y_cpu.data(), y_cpu.size() * sizeof(T))) << "maxima differ (no argmax)";
+
+  kernels::max_pool2d_backward_cpu<T>(gy.data(), am_cpu.data(), gx_cpu.data(), s);
+  kernels::max_pool2d_backward_cuda_on_host<T>(gy.data(), am_cpu.data(), gx_dev.data(), s);
+  EXPECT_EQ(0, std::memcmp(gx_dev.data(), gx_cpu.data(), gx_cpu.size() * sizeof(T))) << "gradients differ";
+  int64_t nan_max = 0, nonzero_grad = 0;
+  for (T v : y_cpu) nan_max += std::isnan(v) ? 1 : 0;
+  for (T v : gx_cpu) nonzero_grad += v != T(0) ? 1 : 0;
+  EXPECT_GT(nan_max, 0);  // the case exercises NaN windows
+  EXPECT_GT(nonzero_grad, 0);
+}
+
+TEST(CudaKernelsOnHost, TiledMaxPoolCodeMatchesCpuBitForBit) {
+#if !ENGINE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA: no kernel code to run";
+#else
+  std::vector<PoolCase> cases(std::begin(kPoolCases), std::end(kPoolCases));
+  cases.push_back({{2, 8, 55, 55}, 3, 2, 0, false});   // AlexNet's first pool
+  cases.push_back({{1, 4, 27, 27}, 3, 2, 0, false});   // its second
+  cases.push_back({{2, 4, 111, 111}, 3, 2, 0, true});  // SqueezeNet's first (ceil_mode)
+  cases.push_back({{1, 3, 10, 9}, 3, 2, 1, true});     // 3x3/2 with padding
+  cases.push_back({{1, 3, 4, 5}, 3, 2, 1, false});
+  cases.push_back({{1, 2, 3, 3}, 3, 2, 0, true});      // one window, hanging over
+  uint64_t seed = 230;
+  for (const PoolCase& c : cases) {
+    SCOPED_TRACE(describe(c));
+    expect_tiled_max_pool_matches_cpu<float>(c, seed);
+    expect_tiled_max_pool_matches_cpu<double>(c, seed + 7);
+    seed += 17;
+  }
+#endif
+}
+
 TEST_P(CudaTyped, AdaptiveAvgPool2dMatchesCpu) {
   SKIP_WITHOUT_CUDA();
   const DType t = GetParam();
@@ -488,16 +549,23 @@ TEST_P(CudaTyped, SgdStepKernelMatchesCpu) {
   for (const kernels::SgdParams& h : cases) {
     SCOPED_TRACE(::testing::Message() << "momentum " << h.momentum << " dampening " << h.dampening << " wd "
                                       << h.weight_decay << " nesterov " << h.nesterov << " first " << h.first_step);
-    Tensor p = randn({1001}, seed++, t), g = randn({1001}, seed++, t), b = randn({1001}, seed++, t);
-    Tensor pg = p.to(kCuda), gg = g.to(kCuda), bg = b.to(kCuda);
-    const bool with_buf = h.momentum != 0;
-    dispatch_dtype(t, [&](auto tag) {
-      using T = decltype(tag);
-      kernels::sgd_step_cpu<T>(p.data<T>(), g.data<T>(), with_buf ? b.data<T>() : nullptr, h, p.numel());
-      kernels::sgd_step_cuda<T>(pg.data<T>(), gg.data<T>(), with_buf ? bg.data<T>() : nullptr, h, p.numel());
-    });
-    EXPECT_MATCHES_CPU(pg, p, rtol_for(t));
-    EXPECT_MATCHES_CPU(bg, b, rtol_for(t));
+    // Lengths with and without a remainder of 4; offsets that misalign the arrays.
+    for (int64_t n : {1001, 4096, 6})
+      for (int64_t off : {0, 1, 2}) {
+        SCOPED_TRACE("n " + std::to_string(n) + " offset " + std::to_string(off));
+        const int64_t len = n + off;
+        Tensor p = randn({len}, seed++, t), g = randn({len}, seed++, t), b = randn({len}, seed++, t);
+        Tensor pg = p.to(kCuda), gg = g.to(kCuda), bg = b.to(kCuda);
+        const bool with_buf = h.momentum != 0;
+        dispatch_dtype(t, [&](auto tag) {
+          using T = decltype(tag);
+          kernels::sgd_step_cpu<T>(p.data<T>() + off, g.data<T>() + off, with_buf ? b.data<T>() + off : nullptr, h, n);
+          kernels::sgd_step_cuda<T>(pg.data<T>() + off, gg.data<T>() + off, with_buf ? bg.data<T>() + off : nullptr, h,
+                                    n);
+        });
+        EXPECT_MATCHES_CPU(pg, p, rtol_for(t));
+        EXPECT_MATCHES_CPU(bg, b, rtol_for(t));
+      }
   }
 }
 

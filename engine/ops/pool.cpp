@@ -31,11 +31,10 @@ Tensor max_pool2d(const Tensor& x, Size2 kernel, Size2 stride, Size2 padding, bo
   ENGINE_CHECK(x.defined(), "max_pool2d: undefined input");
   const kernels::Pool2dShape s = detail::max_pool2d_shape(x.shape(), kernel, stride, padding, ceil_mode);
   Tensor y = Tensor::empty({s.N, s.C, s.Ho, s.Wo}, x.dtype(), x.device());
-  // The argmax is kept only for a backward pass (and always on CUDA, whose kernel writes it).
+  // The argmax is kept only for a backward pass; without one the kernels write y alone.
   const bool graph = needs_graph({x});
-  auto argmax = graph || x.device().is_cuda()
-                    ? std::make_shared<Storage>(static_cast<std::size_t>(y.numel()) * sizeof(int64_t), x.device())
-                    : nullptr;
+  auto argmax = graph ? std::make_shared<Storage>(static_cast<std::size_t>(y.numel()) * sizeof(int64_t), x.device())
+                      : nullptr;
   dispatch_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     int64_t* am = argmax ? static_cast<int64_t*>(argmax->data()) : nullptr;

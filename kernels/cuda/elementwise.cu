@@ -15,9 +15,9 @@ using cuda::parallel_for;
 namespace {
 
 // y[i] = op(a[i], b[i]) over float arrays, four elements per thread with 16-byte loads
-// and stores (one instruction each instead of four), the last n % 4 one at a time.
-// In-place use (y == a or y == b) is fine: each element is read before it is written, by
-// the same thread.
+// and stores (one instruction each instead of four), the last n % 4 one at a time; b
+// null: a unary map, op(a[i], a[i]), reading a once. In-place use (y == a or y == b) is
+// fine: each element is read before it is written, by the same thread.
 template <typename Op>
 __global__ void map2_float4_kernel(const float* a, const float* b, float* y, int64_t n, Op op) {
   const int64_t n4 = n >> 2, stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
@@ -26,32 +26,35 @@ __global__ void map2_float4_kernel(const float* a, const float* b, float* y, int
   const float4* b4 = reinterpret_cast<const float4*>(b);
   float4* y4 = reinterpret_cast<float4*>(y);
   for (int64_t i = first; i < n4; i += stride) {
-    const float4 u = a4[i], v = b4[i];
+    const float4 u = a4[i], v = b4 != nullptr ? b4[i] : u;
     y4[i] = make_float4(op(u.x, v.x), op(u.y, v.y), op(u.z, v.z), op(u.w, v.w));
   }
-  for (int64_t i = (n4 << 2) + first; i < n; i += stride) y[i] = op(a[i], b[i]);
+  for (int64_t i = (n4 << 2) + first; i < n; i += stride) y[i] = op(a[i], b != nullptr ? b[i] : a[i]);
 }
 
-// y[i] = op(a[i], b[i]); b may be a (unary maps pass the same array twice). The float4
-// kernel where T is float and every pointer is 16-byte aligned (cached device blocks are;
-// views into a tensor may not be), else one element per thread.
+// y[i] = op(a[i], b[i]); b null for a unary map (op(a[i], a[i])). The float4 kernel where
+// T is float and every pointer is 16-byte aligned (cached device blocks are; views into a
+// tensor may not be), else one element per thread.
 template <typename T, typename Op> void map2(const T* a, const T* b, T* y, int64_t n, Op op) {
   if (n <= 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (cuda::aligned16(a) && cuda::aligned16(b) && cuda::aligned16(y)) {
+    if (cuda::aligned16(a) && (b == nullptr || cuda::aligned16(b)) && cuda::aligned16(y)) {
       constexpr int kThreads = 256;
       map2_float4_kernel<<<cuda::grid_for((n + 3) / 4, kThreads), kThreads, 0, cuda::stream()>>>(a, b, y, n, op);
       CUDA_CHECK_LAUNCH();
       return;
     }
   }
-  parallel_for(n, [=] __device__(int64_t i) { y[i] = op(a[i], b[i]); });
+  if (b == nullptr)
+    parallel_for(n, [=] __device__(int64_t i) { y[i] = op(a[i], a[i]); });
+  else
+    parallel_for(n, [=] __device__(int64_t i) { y[i] = op(a[i], b[i]); });
 }
 
 }  // namespace
 
 template <typename T> void relu_forward_cuda(const T* x, T* y, int64_t n) {
-  map2(x, x, y, n, [] __device__(T v, T) { return relu_fwd(v); });
+  map2(x, static_cast<const T*>(nullptr), y, n, [] __device__(T v, T) { return relu_fwd(v); });
 }
 template <typename T> void relu_backward_cuda(const T* gy, const T* y, T* gx, int64_t n) {
   map2(gy, y, gx, n, [] __device__(T g, T v) { return relu_bwd(g, v); });
@@ -61,7 +64,7 @@ template <typename T> void guided_relu_backward_cuda(const T* gy, const T* y, T*
 }
 template <typename T> void axpby_cuda(T a, const T* x, T b, const T* z, T* y, int64_t n) {
   if (b == T(0) || z == nullptr)
-    map2(x, x, y, n, [a] __device__(T u, T) { return a * u; });
+    map2(x, static_cast<const T*>(nullptr), y, n, [a] __device__(T u, T) { return a * u; });
   else
     map2(x, z, y, n, [a, b] __device__(T u, T v) { return a * u + b * v; });
 }

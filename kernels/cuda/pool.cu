@@ -12,6 +12,8 @@
 // deterministic and agree with the CPU's scatter bit for bit.
 #include <algorithm>
 #include <limits>
+#include <stdexcept>
+#include <string>
 
 #include "kernels/common.h"
 #include "kernels/cuda/check.cuh"
@@ -41,68 +43,127 @@ __device__ __forceinline__ WindowRange windows_containing(int64_t i, int64_t k, 
 
 // Max-pool, two kernels per direction. The tiled ones, where every index fits in int
 // (all of AlexNet's and SqueezeNet's shapes): a 32 x 8 block covers 32 columns by 8 rows
-// of a plane and the grid's z the (n, c) planes, so no index needs a division, and the
-// window bounds divide by the stride, a compile-time 2 (every pooling layer of AlexNet
-// and SqueezeNet; a shift) or the shape's (S = 0). Index arithmetic is otherwise most of
-// these kernels' instructions: a division is a sequence of about twenty in 32 bits and
-// far more in 64. The flat ones, one thread per element with int64_t indices, take
-// anything larger.
+// of a plane and the grid's z the (n, c) planes, so no index needs a division. Their
+// per-thread code (max_pool_forward_at, max_pool_backward_at) has two forms: K = 3, S = 2
+// (a 3x3 window at stride 2: every pooling layer of AlexNet and SqueezeNet), where the
+// loops have a fixed trip count and every load a thread needs is issued before the first
+// comparison, so their latencies overlap instead of adding up; and K = S = 0, the shape's
+// own window and stride. The flat ones, one thread per element with int64_t indices, take
+// anything larger. The per-thread code also runs on the host, thread by thread
+// (max_pool2d_*_cuda_on_host), so tests without a GPU check its index arithmetic.
 struct PoolGeom {
   int H, W, Ho, Wo, kh, kw, sh, sw, ph, pw;
 };
 
-template <typename T, int S>
-__global__ void max_pool2d_forward_tiled(const T* x, T* y, int64_t* argmax, int planes, PoolGeom g) {
-  const int ow = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-  const int oh = static_cast<int>(blockIdx.y * blockDim.y + threadIdx.y);
-  if (ow >= g.Wo || oh >= g.Ho) return;
+__host__ __device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
+
+// Output (oh, ow) of plane pl: y = the window's maximum, argmax (if not null) its flat
+// index in the plane, the first in row-major order on ties; NaN propagates, as in
+// PyTorch (and the CPU loop).
+template <typename T, int K, int S>
+__host__ __device__ __forceinline__ void max_pool_forward_at(const T* x, T* y, int64_t* argmax, int pl, int oh,
+                                                             int ow, const PoolGeom& g) {
   const int sh = S > 0 ? S : g.sh, sw = S > 0 ? S : g.sw;
   const int h0 = oh * sh - g.ph, w0 = ow * sw - g.pw;
-  const int hs = h0 < 0 ? 0 : h0, he = h0 + g.kh < g.H ? h0 + g.kh : g.H;
-  const int ws = w0 < 0 ? 0 : w0, we = w0 + g.kw < g.W ? w0 + g.kw : g.W;
-  for (int pl = static_cast<int>(blockIdx.z); pl < planes; pl += static_cast<int>(gridDim.z)) {
-    const T* xp = x + pl * g.H * g.W;
-    T best = -std::numeric_limits<T>::infinity();
-    int where = hs * g.W + ws;
+  const int hs = h0 < 0 ? 0 : h0, ws = w0 < 0 ? 0 : w0;
+  const T* xp = x + pl * g.H * g.W;
+  T best = -std::numeric_limits<T>::infinity();
+  int where = hs * g.W + ws;
+  if constexpr (K > 0) {
+    // Outside the input reads as -inf, which never beats best (> is strict) and is not
+    // NaN: the same result as skipping it.
+    T v[K][K];
+#pragma unroll
+    for (int a = 0; a < K; ++a)
+#pragma unroll
+      for (int b = 0; b < K; ++b) {
+        const int ih = h0 + a, iw = w0 + b;
+        v[a][b] = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W ? xp[ih * g.W + iw] : -std::numeric_limits<T>::infinity();
+      }
+#pragma unroll
+    for (int a = 0; a < K; ++a)
+#pragma unroll
+      for (int b = 0; b < K; ++b)
+        if (v[a][b] > best || v[a][b] != v[a][b]) {
+          best = v[a][b];
+          where = (h0 + a) * g.W + (w0 + b);
+        }
+  } else {
+    const int he = min_int(h0 + g.kh, g.H), we = min_int(w0 + g.kw, g.W);
     for (int ih = hs; ih < he; ++ih)
       for (int iw = ws; iw < we; ++iw) {
         const T v = xp[ih * g.W + iw];
-        // NaN propagates, as in PyTorch (and the CPU loop).
         if (v > best || v != v) {
           best = v;
           where = ih * g.W + iw;
         }
       }
-    const int k = (pl * g.Ho + oh) * g.Wo + ow;
-    y[k] = best;
-    if (argmax != nullptr) argmax[k] = where;
   }
+  const int k = (pl * g.Ho + oh) * g.Wo + ow;
+  y[k] = best;
+  if (argmax != nullptr) argmax[k] = where;
 }
 
-// One thread per input element: the sum of gy over the windows whose argmax it is, in
+// Input (ih, iw) of plane pl: gx = the sum of gy over the windows whose argmax it is, in
 // the CPU's order (oh, then ow ascending).
-template <typename T, int S>
-__global__ void max_pool2d_backward_tiled(const T* gy, const int64_t* argmax, T* gx, int planes, PoolGeom g) {
-  const int iw = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-  const int ih = static_cast<int>(blockIdx.y * blockDim.y + threadIdx.y);
-  if (iw >= g.W || ih >= g.H) return;
+template <typename T, int K, int S>
+__host__ __device__ __forceinline__ void max_pool_backward_at(const T* gy, const int64_t* argmax, T* gx, int pl,
+                                                              int ih, int iw, const PoolGeom& g) {
   const int sh = S > 0 ? S : g.sh, sw = S > 0 ? S : g.sw;
+  const int kh = K > 0 ? K : g.kh, kw = K > 0 ? K : g.kw;
   // Windows o with o * s - p <= i < o * s - p + k; i + p >= 0.
-  const int fh = ih + g.ph - g.kh + 1, fw = iw + g.pw - g.kw + 1;
+  const int fh = ih + g.ph - kh + 1, fw = iw + g.pw - kw + 1;
   const int oh_lo = fh <= 0 ? 0 : (fh + sh - 1) / sh, ow_lo = fw <= 0 ? 0 : (fw + sw - 1) / sw;
-  const int oh_hi = min((ih + g.ph) / sh, g.Ho - 1), ow_hi = min((iw + g.pw) / sw, g.Wo - 1);
+  const int oh_hi = min_int((ih + g.ph) / sh, g.Ho - 1), ow_hi = min_int((iw + g.pw) / sw, g.Wo - 1);
   const int here = ih * g.W + iw;
-  for (int pl = static_cast<int>(blockIdx.z); pl < planes; pl += static_cast<int>(gridDim.z)) {
-    const int64_t* ap = argmax + pl * g.Ho * g.Wo;
-    const T* gp = gy + pl * g.Ho * g.Wo;
-    T acc = T(0);
+  const int64_t* ap = argmax + pl * g.Ho * g.Wo;
+  const T* gp = gy + pl * g.Ho * g.Wo;
+  T acc = T(0);
+  if constexpr (K > 0) {
+    // At most (K - 1) / S + 1 windows along each axis contain an element.
+    constexpr int kWin = (K - 1) / S + 1;
+    int64_t am[kWin][kWin];
+    T gv[kWin][kWin];
+#pragma unroll
+    for (int a = 0; a < kWin; ++a)
+#pragma unroll
+      for (int b = 0; b < kWin; ++b) {
+        const int oh = oh_lo + a, ow = ow_lo + b;
+        const bool in = oh <= oh_hi && ow <= ow_hi;
+        am[a][b] = in ? ap[oh * g.Wo + ow] : -1;
+        gv[a][b] = in ? gp[oh * g.Wo + ow] : T(0);
+      }
+#pragma unroll
+    for (int a = 0; a < kWin; ++a)
+#pragma unroll
+      for (int b = 0; b < kWin; ++b)
+        if (am[a][b] == here) acc += gv[a][b];
+  } else {
     for (int oh = oh_lo; oh <= oh_hi; ++oh)
       for (int ow = ow_lo; ow <= ow_hi; ++ow) {
         const int o = oh * g.Wo + ow;
         if (ap[o] == here) acc += gp[o];
       }
-    gx[(pl * g.H + ih) * g.W + iw] = acc;
   }
+  gx[(pl * g.H + ih) * g.W + iw] = acc;
+}
+
+template <typename T, int K, int S>
+__global__ void max_pool2d_forward_tiled(const T* x, T* y, int64_t* argmax, int planes, PoolGeom g) {
+  const int ow = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  const int oh = static_cast<int>(blockIdx.y * blockDim.y + threadIdx.y);
+  if (ow >= g.Wo || oh >= g.Ho) return;
+  for (int pl = static_cast<int>(blockIdx.z); pl < planes; pl += static_cast<int>(gridDim.z))
+    max_pool_forward_at<T, K, S>(x, y, argmax, pl, oh, ow, g);
+}
+
+template <typename T, int K, int S>
+__global__ void max_pool2d_backward_tiled(const T* gy, const int64_t* argmax, T* gx, int planes, PoolGeom g) {
+  const int iw = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  const int ih = static_cast<int>(blockIdx.y * blockDim.y + threadIdx.y);
+  if (iw >= g.W || ih >= g.H) return;
+  for (int pl = static_cast<int>(blockIdx.z); pl < planes; pl += static_cast<int>(gridDim.z))
+    max_pool_backward_at<T, K, S>(gy, argmax, gx, pl, ih, iw, g);
 }
 
 template <typename T>
@@ -177,18 +238,25 @@ dim3 tile_grid(int64_t rows, int64_t cols, int64_t planes) {
 
 }  // namespace
 
+namespace {
+
+// Whether the K = 3, S = 2 instances apply.
+bool window3_stride2(const Pool2dShape& s) { return s.kh == 3 && s.kw == 3 && s.sh == 2 && s.sw == 2; }
+
+}  // namespace
+
 // Launches a max-pool direction over rows x cols of every plane: the tiled kernel (its
-// stride-2 instance where both strides are 2) or, for shapes beyond int, the flat one
-// over all `total` elements. `args` are the kernels' leading arguments.
-template <typename Tiled2, typename Tiled0, typename Flat, typename... Args>
-void launch_max_pool(const Pool2dShape& s, int64_t rows, int64_t cols, Tiled2 tiled2, Tiled0 tiled0, Flat flat,
+// 3x3, stride-2 instance where the shape has that window) or, for shapes beyond int, the
+// flat one over all `total` elements. `args` are the kernels' leading arguments.
+template <typename Tiled32, typename Tiled0, typename Flat, typename... Args>
+void launch_max_pool(const Pool2dShape& s, int64_t rows, int64_t cols, Tiled32 tiled32, Tiled0 tiled0, Flat flat,
                      Args... args) {
   const int64_t planes = s.N * s.C, total = planes * rows * cols;
   if (total <= 0) return;
   if (tiled_pool(s)) {
     const dim3 grid = tile_grid(rows, cols, planes);
-    if (s.sh == 2 && s.sw == 2)
-      tiled2<<<grid, kTile, 0, cuda::stream()>>>(args..., int(planes), geom(s));
+    if (window3_stride2(s))
+      tiled32<<<grid, kTile, 0, cuda::stream()>>>(args..., int(planes), geom(s));
     else
       tiled0<<<grid, kTile, 0, cuda::stream()>>>(args..., int(planes), geom(s));
   } else {
@@ -199,14 +267,43 @@ void launch_max_pool(const Pool2dShape& s, int64_t rows, int64_t cols, Tiled2 ti
 
 template <typename T>
 void max_pool2d_forward_cuda(const T* x, T* y, int64_t* argmax, const Pool2dShape& s) {
-  launch_max_pool(s, s.Ho, s.Wo, max_pool2d_forward_tiled<T, 2>, max_pool2d_forward_tiled<T, 0>,
+  launch_max_pool(s, s.Ho, s.Wo, max_pool2d_forward_tiled<T, 3, 2>, max_pool2d_forward_tiled<T, 0, 0>,
                   max_pool2d_forward_flat<T>, x, y, argmax);
 }
 
 template <typename T>
 void max_pool2d_backward_cuda(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s) {
-  launch_max_pool(s, s.H, s.W, max_pool2d_backward_tiled<T, 2>, max_pool2d_backward_tiled<T, 0>,
+  launch_max_pool(s, s.H, s.W, max_pool2d_backward_tiled<T, 3, 2>, max_pool2d_backward_tiled<T, 0, 0>,
                   max_pool2d_backward_flat<T>, gy, argmax, gx);
+}
+
+// The tiled kernels' per-thread code, run on the host for every thread that the launch
+// above would start over rows x cols of each plane: f(plane, row, col, whether the 3x3
+// stride-2 instance applies).
+template <typename F> void tiled_threads_on_host(const Pool2dShape& s, const char* what, int64_t rows, int64_t cols, F f) {
+  if (!tiled_pool(s)) throw std::invalid_argument(std::string(what) + ": shape beyond the tiled kernels");
+  const bool k3s2 = window3_stride2(s);
+  for (int pl = 0; pl < int(s.N * s.C); ++pl)
+    for (int r = 0; r < int(rows); ++r)
+      for (int c = 0; c < int(cols); ++c) f(pl, r, c, k3s2);
+}
+
+template <typename T>
+void max_pool2d_forward_cuda_on_host(const T* x, T* y, int64_t* argmax, const Pool2dShape& s) {
+  const PoolGeom g = geom(s);
+  tiled_threads_on_host(s, "max_pool2d_forward_cuda_on_host", s.Ho, s.Wo, [&](int pl, int oh, int ow, bool k3s2) {
+    if (k3s2) max_pool_forward_at<T, 3, 2>(x, y, argmax, pl, oh, ow, g);
+    else max_pool_forward_at<T, 0, 0>(x, y, argmax, pl, oh, ow, g);
+  });
+}
+
+template <typename T>
+void max_pool2d_backward_cuda_on_host(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s) {
+  const PoolGeom g = geom(s);
+  tiled_threads_on_host(s, "max_pool2d_backward_cuda_on_host", s.H, s.W, [&](int pl, int ih, int iw, bool k3s2) {
+    if (k3s2) max_pool_backward_at<T, 3, 2>(gy, argmax, gx, pl, ih, iw, g);
+    else max_pool_backward_at<T, 0, 0>(gy, argmax, gx, pl, ih, iw, g);
+  });
 }
 
 template <typename T>
@@ -255,6 +352,8 @@ void adaptive_avg_pool2d_backward_cuda(const T* gy, T* gx, int64_t NC, int64_t H
 #define INSTANTIATE(T)                                                                        \
   template void max_pool2d_forward_cuda<T>(const T*, T*, int64_t*, const Pool2dShape&);       \
   template void max_pool2d_backward_cuda<T>(const T*, const int64_t*, T*, const Pool2dShape&); \
+  template void max_pool2d_forward_cuda_on_host<T>(const T*, T*, int64_t*, const Pool2dShape&); \
+  template void max_pool2d_backward_cuda_on_host<T>(const T*, const int64_t*, T*, const Pool2dShape&); \
   template void adaptive_avg_pool2d_forward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t,  \
                                                     int64_t, int64_t);                        \
   template void adaptive_avg_pool2d_backward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t, \

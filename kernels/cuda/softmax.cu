@@ -8,10 +8,13 @@
 // Memory-bound: a row is read two or three times (max, sum, write), mostly from cache.
 // The CPU's formulas: max-subtracted, sums in double, the exponential in the tensor's
 // type (expf for float, within 2 ulp like the CPU's float rows; exp for double).
-// inner == 1: one warp per row (rows up to 1024 long) or one block per row, with
-// warp-shuffle reductions; inner > 1: one thread per (o, i) column, strided by inner,
-// which keeps neighbouring threads on neighbouring addresses. Deterministic: no atomics,
-// the batch mean of cross-entropy is a fixed-order block reduction of per-row losses.
+// inner == 1: rows up to 1024 long get one warp each and live in its registers between
+// passes (lane l holds elements l, l + 32, ..., loaded all at once), so each element is
+// read from memory once and written once; longer rows get a block each and reread the
+// row from cache. Reductions are warp shuffles. inner > 1: one thread per (o, i) column,
+// strided by inner, which keeps neighbouring threads on neighbouring addresses.
+// Deterministic: no atomics, the batch mean of cross-entropy is a fixed-order block
+// reduction of per-row losses.
 #include <limits>
 
 #include "kernels/cuda/check.cuh"
@@ -45,14 +48,6 @@ struct ThreadGroup {  // a single thread
   __device__ __forceinline__ int64_t size() const { return 1; }
   template <typename A> __device__ __forceinline__ A sum(A v) const { return v; }
   template <typename A> __device__ __forceinline__ A max(A v) const { return v; }
-};
-
-struct WarpGroup {  // the 32 lanes of a warp
-  int lane;
-  __device__ __forceinline__ int64_t rank() const { return lane; }
-  __device__ __forceinline__ int64_t size() const { return 32; }
-  template <typename A> __device__ __forceinline__ A sum(A v) const { return warp_sum(v); }
-  template <typename A> __device__ __forceinline__ A max(A v) const { return warp_max(v); }
 };
 
 struct BlockGroup {  // a whole 1-D block; smem holds 32 doubles (float and double fit)
@@ -140,7 +135,68 @@ __device__ void softmax_backward_row(const T* gy, const T* y, T* gx, int64_t dim
   }
 }
 
-// Row functors for the row kernels: f(row, group).
+// The same rows held in registers: a warp per row of up to 32 * P elements, lane l
+// holding elements l, l + 32, ... (the assignment of the loops above, so the same sums
+// in the same order and the same results bit for bit). Every load of a pass is issued
+// before the first is used.
+template <int P, typename T>
+__device__ __forceinline__ void load_row(const T* p, int dim, int lane, T fill, T (&v)[P]) {
+#pragma unroll
+  for (int j = 0; j < P; ++j) {
+    const int d = lane + 32 * j;
+    v[j] = d < dim ? p[d] : fill;
+  }
+}
+
+template <int P, typename T>
+__device__ RowStats softmax_row_regs(const T* x, T* y, int dim, bool log, int lane) {
+  T v[P];
+  load_row<P>(x, dim, lane, -std::numeric_limits<T>::infinity(), v);
+  T m = -std::numeric_limits<T>::infinity();  // the fill never wins max_of
+#pragma unroll
+  for (int j = 0; j < P; ++j) m = max_of(m, v[j]);
+  m = warp_max(m);
+  double s = 0;
+#pragma unroll
+  for (int j = 0; j < P; ++j)
+    if (lane + 32 * j < dim) {
+      const double e = exp_wide(v[j] - m);
+      s += e;
+      if (!log) v[j] = static_cast<T>(e);  // exact: e is a T widened
+    }
+  s = warp_sum(s);
+  const double lse = log ? ::log(s) : 0.0, inv = log ? 0.0 : 1.0 / s;
+#pragma unroll
+  for (int j = 0; j < P; ++j) {
+    const int d = lane + 32 * j;
+    if (d < dim)
+      y[d] = static_cast<T>(log ? static_cast<double>(v[j] - m) - lse : static_cast<double>(v[j]) * inv);
+  }
+  return {static_cast<double>(m), s};
+}
+
+template <int P, typename T>
+__device__ void softmax_backward_row_regs(const T* gy, const T* y, T* gx, int dim, bool log, int lane) {
+  T g[P], w[P];
+  load_row<P>(gy, dim, lane, T(0), g);
+  load_row<P>(y, dim, lane, T(0), w);
+  double s = 0;
+#pragma unroll
+  for (int j = 0; j < P; ++j)
+    if (lane + 32 * j < dim)
+      s += log ? static_cast<double>(g[j]) : static_cast<double>(g[j]) * static_cast<double>(w[j]);
+  s = warp_sum(s);
+#pragma unroll
+  for (int j = 0; j < P; ++j) {
+    const int d = lane + 32 * j;
+    if (d < dim)
+      gx[d] = static_cast<T>(log ? static_cast<double>(g[j]) - exp_wide(w[j]) * s
+                                 : static_cast<double>(w[j]) * (static_cast<double>(g[j]) - s));
+  }
+}
+
+// Row functors for the row kernels: f(row, group) for a block per row, f.regs<P>(row,
+// lane) for a warp per row in registers.
 template <typename T> struct SoftmaxForwardRow {
   const T* x;
   T* y;
@@ -148,6 +204,9 @@ template <typename T> struct SoftmaxForwardRow {
   bool log;
   template <typename G> __device__ void operator()(int64_t r, const G& g) const {
     softmax_row(x + r * dim, y + r * dim, dim, 1, log, g);
+  }
+  template <int P> __device__ void regs(int64_t r, int lane) const {
+    softmax_row_regs<P>(x + r * dim, y + r * dim, static_cast<int>(dim), log, lane);
   }
 };
 
@@ -160,6 +219,9 @@ template <typename T> struct SoftmaxBackwardRow {
   template <typename G> __device__ void operator()(int64_t r, const G& g) const {
     softmax_backward_row(gy + r * dim, y + r * dim, gx + r * dim, dim, 1, log, g);
   }
+  template <int P> __device__ void regs(int64_t r, int lane) const {
+    softmax_backward_row_regs<P>(gy + r * dim, y + r * dim, gx + r * dim, static_cast<int>(dim), log, lane);
+  }
 };
 
 // prob = softmax of row r; row_loss[r] = log s + m - z[t]. A target outside [0, K) (the
@@ -171,21 +233,26 @@ template <typename T> struct CrossEntropyRow {
   double* row_loss;
   int64_t K;
   template <typename G> __device__ void operator()(int64_t r, const G& g) const {
-    const T* zr = z + r * K;
-    const RowStats st = softmax_row(zr, prob + r * K, K, 1, false, g);
-    if (g.rank() == 0) {
-      int64_t t = target[r];
-      t = t < 0 ? 0 : (t >= K ? K - 1 : t);
-      row_loss[r] = ::log(st.s) + st.m - static_cast<double>(zr[t]);
-    }
+    const RowStats st = softmax_row(z + r * K, prob + r * K, K, 1, false, g);
+    if (g.rank() == 0) finish(r, st);
+  }
+  template <int P> __device__ void regs(int64_t r, int lane) const {
+    const RowStats st = softmax_row_regs<P>(z + r * K, prob + r * K, static_cast<int>(K), false, lane);
+    if (lane == 0) finish(r, st);
+  }
+  __device__ void finish(int64_t r, const RowStats& st) const {
+    int64_t t = target[r];
+    t = t < 0 ? 0 : (t >= K ? K - 1 : t);
+    row_loss[r] = ::log(st.s) + st.m - static_cast<double>(z[r * K + t]);
   }
 };
 
-template <typename F> __global__ void rows_warp_kernel(int64_t rows, F f) {
+template <int P, typename F> __global__ void rows_warp_kernel(int64_t rows, F f) {
   const int64_t warps = blockDim.x >> 5;
-  const WarpGroup g{static_cast<int>(threadIdx.x & 31)};
+  const int lane = static_cast<int>(threadIdx.x & 31);
   // r is the same for all lanes of a warp, so every lane takes part in the shuffles.
-  for (int64_t r = blockIdx.x * warps + (threadIdx.x >> 5); r < rows; r += gridDim.x * warps) f(r, g);
+  for (int64_t r = blockIdx.x * warps + (threadIdx.x >> 5); r < rows; r += gridDim.x * warps)
+    f.template regs<P>(r, lane);
 }
 
 template <typename F> __global__ void rows_block_kernel(int64_t rows, F f) {
@@ -195,14 +262,23 @@ template <typename F> __global__ void rows_block_kernel(int64_t rows, F f) {
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) f(r, g);
 }
 
-// f(r, group) for every row r of length dim: a warp per row when rows are short, a block
-// per row otherwise.
+template <int P, typename F> void launch_rows_warp(int64_t rows, const F& f) {
+  rows_warp_kernel<P, F><<<cuda::grid_for(rows * 32, kThreads), kThreads, 0, cuda::stream()>>>(rows, f);
+}
+
+// Every row r of length dim: f.regs<P>(r, lane) with a warp per row when rows are short,
+// P the least power of two with 32 * P >= dim (a whole row in registers, no more than
+// twice the registers it needs); f(r, block group) with a block per row otherwise.
 template <typename F> void for_each_row(int64_t rows, int64_t dim, const F& f) {
   if (rows <= 0) return;
-  if (dim <= kWarpRowMax)
-    rows_warp_kernel<F><<<cuda::grid_for(rows * 32, kThreads), kThreads, 0, cuda::stream()>>>(rows, f);
-  else
-    rows_block_kernel<F><<<cuda::grid_for(rows, 1), kThreads, 0, cuda::stream()>>>(rows, f);
+  static_assert(kWarpRowMax == 32 * 32, "the largest register row is 32 per lane");
+  if (dim <= 32) launch_rows_warp<1>(rows, f);
+  else if (dim <= 64) launch_rows_warp<2>(rows, f);
+  else if (dim <= 128) launch_rows_warp<4>(rows, f);
+  else if (dim <= 256) launch_rows_warp<8>(rows, f);
+  else if (dim <= 512) launch_rows_warp<16>(rows, f);
+  else if (dim <= kWarpRowMax) launch_rows_warp<32>(rows, f);
+  else rows_block_kernel<F><<<cuda::grid_for(rows, 1), kThreads, 0, cuda::stream()>>>(rows, f);
   CUDA_CHECK_LAUNCH();
 }
 
