@@ -2,11 +2,12 @@
 # Packs the CUDA test and benchmark binaries for a GPU machine on which the project
 # cannot be configured (no HDF5, libpng, OpenBLAS, oneDNN, GoogleTest... there), for
 # tests/gpu_check.sh --bundle to run there:
-#   1. builds test_cuda, test_cuda_nets, bench_cuda_ops, cudnn_conv_algos and
-#      alexnet_throughput for Hopper
+#   1. builds test_cuda, test_cuda_nets, test_cuda_tools (with the tools it runs: predict,
+#      saliency, finetune), bench_cuda_ops, cudnn_conv_algos and alexnet_throughput for
+#      Hopper
 #      (sm_90: H100, H200) in Release into build-gpu-bundle (skipped with --build-dir);
 #   2. writes gpu-bundle/bundle.tar.xz holding
-#        bin/           the five binaries, stripped
+#        bin/           the binaries, stripped
 #        lib/           every shared library they load, as ldd resolves it here, except
 #                       glibc's own (the loader, libc, libm, libpthread, libdl, librt...),
 #                       which must come from the machine's loader, and CUDA's (libcudart,
@@ -42,7 +43,8 @@ while (($#)); do
   esac
 done
 
-targets=(test_cuda test_cuda_nets bench_cuda_ops cudnn_conv_algos alexnet_throughput)
+targets=(test_cuda test_cuda_nets test_cuda_tools predict saliency finetune bench_cuda_ops cudnn_conv_algos
+         alexnet_throughput)
 out_dir="$root/gpu-bundle"
 max_mib=40
 die() { echo "gpu_bundle: $*" >&2; exit 1; }

@@ -2,11 +2,13 @@
 # The GPU check in one command, on a machine with an NVIDIA GPU and the CUDA toolkit:
 #   card        nvidia-smi: name, driver, memory, compute capability
 #   build       configure for this card (its compute capability, else CMake's "native")
-#               and build the CUDA tests, benchmarks and alexnet_throughput into build-gpu
+#               and build the CUDA tests, the tools, benchmarks and alexnet_throughput into
+#               build-gpu
 #               (skipped with --build-dir: a build made elsewhere and carried over; with
 #               --bundle: checks that the bundle's binaries find all their libraries)
-#   tests       every CUDA test binary (bin/test_cuda*); fails on any failure and on any
-#               SKIPPED test, since on a GPU machine nothing may skip
+#   tests       every CUDA test binary (bin/test_cuda*, test_cuda_tools running the
+#               tools beside it); fails on any failure and on any SKIPPED test, since on a
+#               GPU machine nothing may skip
 #   memcheck    compute-sanitizer --tool memcheck over the CUDA tests, ENGINE_CUDA_CACHING=0
 #               so every allocation is a real cudaMalloc the tool can see (by default all
 #               but the launch-heavy CudaGradcheck tests, whose kernels the CudaTyped tests
@@ -347,8 +349,8 @@ stage_build() {
     echo "configured without the CUDA backend (see configure.log)"
     return 1
   fi
-  limited cmake --build "$build_dir" -j"$jobs" --target test_cuda test_cuda_nets bench_cuda_ops cudnn_conv_algos \
-    alexnet_throughput
+  limited cmake --build "$build_dir" -j"$jobs" --target test_cuda test_cuda_nets test_cuda_tools predict saliency \
+    finetune bench_cuda_ops cudnn_conv_algos alexnet_throughput
 }
 
 # The CUDA test binaries of the build.

@@ -26,6 +26,7 @@
 #include "engine/io/image.h"
 #include "engine/io/weights.h"
 #include "nets/zoo.h"
+#include "tests/random_alexnet.h"
 #include "tests/test_util.h"
 #include "tools/finetune_lib.h"
 
@@ -316,24 +317,12 @@ class Finetune : public ::testing::Test {
     data_ = testing_util::shared_data_dir();
     if (!data_.empty()) mini_ = data_ + "/wikiart-7styles-mini";
   }
-  // Random AlexNet weights, made on first use (CTest runs each test in its own
-  // process), the convolutions scaled up by sqrt(3): torchvision's default init
-  // shrinks activations several times per layer, which leaves random pool5 features
-  // nearly the same for every image.
+  // Random AlexNet weights (tests/random_alexnet.h), made on first use (CTest runs each
+  // test in its own process).
   static const std::string& alexnet() {
     if (alexnet_.empty()) {
       alexnet_ = testing_util::temp_dir() + "/alexnet_random.h5";
-      Generator g(2024);
-      auto model = nets::make_model(nets::Arch::AlexNet, 1000, &g);
-      {
-        NoGradGuard no_grad;
-        for (auto& [name, p] : model->named_parameters())
-          if (name.rfind("features.", 0) == 0 && name.find("weight") != std::string::npos) {
-            Tensor t = p;
-            t.copy_(t * std::sqrt(3.0));
-          }
-      }
-      io::save_weights(*model, alexnet_, {"alexnet", 1000, "random, seed 2024, convolutions x sqrt(3) (test)", {}});
+      testing_util::save_random_alexnet(alexnet_, 2024);
     }
     return alexnet_;
   }
