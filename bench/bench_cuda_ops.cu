@@ -333,8 +333,9 @@ void bm_relu(benchmark::State& state, bool ours) {
 }
 
 // max_pool2d 3x3 stride 2 on AlexNet's first pooling input at batch 64 ([64, 64, 55, 55]
-// -> [64, 64, 27, 27]). Ours also writes (forward) or reads (backward) the int64 argmax;
-// cuDNN's backward instead reads x and y to find the maxima again.
+// -> [64, 64, 27, 27]). Ours also writes (forward, but for the no_argmax row) or reads
+// (backward) the int64 argmax; cuDNN's backward instead reads x and y to find the maxima
+// again.
 kernels::Pool2dShape pool1_shape() {
   kernels::Pool2dShape p{};
   p.N = 64; p.C = 64; p.H = 55; p.W = 55; p.kh = 3; p.kw = 3; p.sh = 2; p.sw = 2; p.ph = 0; p.pw = 0;
@@ -343,7 +344,9 @@ kernels::Pool2dShape pool1_shape() {
   return p;
 }
 
-void bm_max_pool(benchmark::State& state, bool backward, bool ours) {
+// with_argmax false: the forward of a pass without a graph, which writes y alone, as
+// cuDNN's does.
+void bm_max_pool(benchmark::State& state, bool backward, bool ours, bool with_argmax = true) {
   guarded(state, [&] {
     const kernels::Pool2dShape p = pool1_shape();
     const int64_t nx = p.N * p.C * p.H * p.W, ny = p.N * p.C * p.Ho * p.Wo;
@@ -354,7 +357,8 @@ void bm_max_pool(benchmark::State& state, bool backward, bool ours) {
     randomize(gy, 10);
     const TensorDesc xd(p.N, p.C, p.H, p.W), yd(p.N, p.C, p.Ho, p.Wo);
     const PoolDesc pool(static_cast<int>(p.kh), static_cast<int>(p.sh), 0);
-    auto ours_fwd = [&] { kernels::max_pool2d_forward_cuda<float>(x.get(), y.get(), argmax.get(), p); };
+    int64_t* am = with_argmax || backward ? argmax.get() : nullptr;
+    auto ours_fwd = [&] { kernels::max_pool2d_forward_cuda<float>(x.get(), y.get(), am, p); };
     auto ours_bwd = [&] { kernels::max_pool2d_backward_cuda<float>(gy.get(), argmax.get(), gx.get(), p); };
     auto cudnn_fwd = [&] {
       CUDNN_CHECK(cudnnPoolingForward(cuda::cudnn_handle(), pool.d, &kOne, xd.d, x.get(), &kZero, yd.d, y.get()));
@@ -367,7 +371,7 @@ void bm_max_pool(benchmark::State& state, bool backward, bool ours) {
     double s = 0, bytes = 0;
     if (!backward) {
       s = ours ? run_timed(state, ours_fwd) : run_timed(state, cudnn_fwd);
-      bytes = ours ? fx + fy + iy : fx + fy;
+      bytes = ours && am != nullptr ? fx + fy + iy : fx + fy;
       state.counters["frac_of_cudnn"] = ours ? median_seconds(cudnn_fwd) / s : 1.0;
     } else {
       ours_fwd();  // argmax for our backward, y for cuDNN's
@@ -566,6 +570,8 @@ void register_all() {
   pair("relu/64x64x55x55", bm_relu);
   pair("max_pool2d_fwd/64x64x55x55_k3s2", [](benchmark::State& st, bool ours) { bm_max_pool(st, false, ours); });
   pair("max_pool2d_bwd/64x64x55x55_k3s2", [](benchmark::State& st, bool ours) { bm_max_pool(st, true, ours); });
+  pair("max_pool2d_fwd_no_argmax/64x64x55x55_k3s2",
+       [](benchmark::State& st, bool ours) { bm_max_pool(st, false, ours, false); });
   for (int64_t rows : {128, 8192})
     pair("softmax_fwd/" + std::to_string(rows) + "x1000",
          [rows](benchmark::State& st, bool ours) { bm_softmax(st, rows, ours); });
