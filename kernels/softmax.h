@@ -35,6 +35,14 @@ void softmax_forward_cuda(const T* x, T* y, int64_t outer, int64_t dim, int64_t 
 template <typename T>
 void softmax_backward_cuda(const T* gy, const T* y, T* gx, int64_t outer, int64_t dim,
                            int64_t inner, bool log);
+// For tests: the CUDA code for rows of at most 1024 elements (a warp per row, held in
+// its registers) run on the host, 32 threads standing in for a warp's lanes (no GPU
+// needed). Host pointers, rows of dim elements, dim in [1, 1024], else
+// std::invalid_argument.
+template <typename T>
+void softmax_forward_cuda_on_host(const T* x, T* y, int64_t rows, int64_t dim, bool log);
+template <typename T>
+void softmax_backward_cuda_on_host(const T* gy, const T* y, T* gx, int64_t rows, int64_t dim, bool log);
 template <typename T>
 void cross_entropy_forward_cuda(const T* z, const int64_t* target, T* prob, T* loss, int64_t N,
                                 int64_t K);

@@ -18,6 +18,7 @@
 #include <iterator>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "engine/autograd.h"
@@ -31,6 +32,7 @@
 #include "kernels/gemm.h"
 #include "kernels/pool.h"
 #include "kernels/sgd.h"
+#include "kernels/softmax.h"
 #include "tests/test_util.h"
 
 using namespace engine;
@@ -308,6 +310,53 @@ TEST_P(CudaTyped, SoftmaxAndLogSoftmaxMatchCpu) {
     expect_op_matches_cpu([d](const TensorList& in) { return softmax(in[0], d); }, {x}, r);
     expect_op_matches_cpu([d](const TensorList& in) { return log_softmax(in[0], d); }, {x}, r);
   }
+}
+
+// The warp-per-row softmax code, run on the host (no GPU needed) for every register width
+// and both directions, against the CPU's kernels. The two sum in different orders (and
+// may differ in expf's last bit), hence a tolerance of a few float or double roundings.
+template <typename T> void expect_warp_softmax_matches_cpu(int64_t dim, bool log, uint64_t seed) {
+  const int64_t rows = 3, n = rows * dim;
+  const Tensor rx = randn({n}, seed), rg = randn({n}, seed + 1);
+  std::vector<T> x(n), gy(n);
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = static_cast<T>(4.0 * rx.data<double>()[i]);
+    gy[i] = static_cast<T>(rg.data<double>()[i]);
+  }
+  std::vector<T> y_cpu(n), y_dev(n, T(-7)), gx_cpu(n), gx_dev(n, T(-7));
+  kernels::softmax_forward_cpu<T>(x.data(), y_cpu.data(), rows, dim, 1, log);
+  kernels::softmax_forward_cuda_on_host<T>(x.data(), y_dev.data(), rows, dim, log);
+  kernels::softmax_backward_cpu<T>(gy.data(), y_cpu.data(), gx_cpu.data(), rows, dim, 1, log);
+  kernels::softmax_backward_cuda_on_host<T>(gy.data(), y_cpu.data(), gx_dev.data(), rows, dim, log);
+  const double tol = std::is_same_v<T, float> ? 2e-6 : 1e-13;
+  auto rel = [](const std::vector<T>& a, const std::vector<T>& b) {
+    double diff = 0, ref = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      diff = std::max(diff, std::abs(double(a[i]) - double(b[i])));
+      ref = std::max(ref, std::abs(double(b[i])));
+    }
+    return ref > 0 ? diff / ref : diff;
+  };
+  EXPECT_LE(rel(y_dev, y_cpu), tol) << "forward";
+  EXPECT_LE(rel(gx_dev, gx_cpu), tol) << "backward";
+}
+
+TEST(CudaKernelsOnHost, WarpSoftmaxCodeMatchesCpu) {
+#if !ENGINE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA: no kernel code to run";
+#else
+  uint64_t seed = 70;
+  for (int64_t dim : {1, 7, 32, 33, 64, 65, 100, 128, 129, 256, 300, 512, 513, 1000, 1024})
+    for (bool log : {false, true}) {
+      SCOPED_TRACE("dim " + std::to_string(dim) + (log ? " log_softmax" : " softmax"));
+      expect_warp_softmax_matches_cpu<float>(dim, log, seed);
+      expect_warp_softmax_matches_cpu<double>(dim, log, seed + 3);
+      seed += 7;
+    }
+  std::vector<float> row(1025);
+  EXPECT_THROW(kernels::softmax_forward_cuda_on_host<float>(row.data(), row.data(), 1, 1025, false),
+               std::invalid_argument);
+#endif
 }
 
 TEST_P(CudaTyped, CrossEntropyMatchesCpu) {

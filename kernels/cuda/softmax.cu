@@ -15,7 +15,14 @@
 // strided by inner, which keeps neighbouring threads on neighbouring addresses.
 // Deterministic: no atomics, the batch mean of cross-entropy is a fixed-order block
 // reduction of per-row losses.
+#include <condition_variable>
 #include <limits>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
 
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda_runtime.h"
@@ -30,7 +37,7 @@ constexpr int kMeanThreads = 1024;     // the single block that averages per-row
 constexpr int64_t kWarpRowMax = 1024;  // rows up to this long get one warp each
 
 // std::max's rule (the CPU's): keeps m unless v is larger.
-template <typename T> __device__ __forceinline__ T max_of(T m, T v) { return m < v ? v : m; }
+template <typename T> __host__ __device__ __forceinline__ T max_of(T m, T v) { return m < v ? v : m; }
 
 template <typename A> __device__ __forceinline__ A warp_sum(A v) {
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
@@ -48,6 +55,13 @@ struct ThreadGroup {  // a single thread
   __device__ __forceinline__ int64_t size() const { return 1; }
   template <typename A> __device__ __forceinline__ A sum(A v) const { return v; }
   template <typename A> __device__ __forceinline__ A max(A v) const { return v; }
+};
+
+struct WarpGroup {  // the 32 lanes of a warp
+  int lane;
+  __device__ __forceinline__ int64_t rank() const { return lane; }
+  template <typename A> __device__ __forceinline__ A sum(A v) const { return warp_sum(v); }
+  template <typename A> __device__ __forceinline__ A max(A v) const { return warp_max(v); }
 };
 
 struct BlockGroup {  // a whole 1-D block; smem holds 32 doubles (float and double fit)
@@ -77,8 +91,8 @@ struct BlockGroup {  // a whole 1-D block; smem holds 32 doubles (float and doub
 
 // e^v, widened to double: expf for float (within 2 ulp, as the CPU's float rows), exp
 // for double.
-__device__ __forceinline__ double exp_wide(float v) { return static_cast<double>(expf(v)); }
-__device__ __forceinline__ double exp_wide(double v) { return exp(v); }
+__host__ __device__ __forceinline__ double exp_wide(float v) { return static_cast<double>(expf(v)); }
+__host__ __device__ __forceinline__ double exp_wide(double v) { return exp(v); }
 
 struct RowStats {
   double m;  // the row's maximum (in T, widened)
@@ -138,9 +152,10 @@ __device__ void softmax_backward_row(const T* gy, const T* y, T* gx, int64_t dim
 // The same rows held in registers: a warp per row of up to 32 * P elements, lane l
 // holding elements l, l + 32, ... (the assignment of the loops above, so the same sums
 // in the same order and the same results bit for bit). Every load of a pass is issued
-// before the first is used.
+// before the first is used. G is WarpGroup on the device, HostWarp (below) when the code
+// runs on the host.
 template <int P, typename T>
-__device__ __forceinline__ void load_row(const T* p, int dim, int lane, T fill, T (&v)[P]) {
+__host__ __device__ __forceinline__ void load_row(const T* p, int dim, int lane, T fill, T (&v)[P]) {
 #pragma unroll
   for (int j = 0; j < P; ++j) {
     const int d = lane + 32 * j;
@@ -148,14 +163,16 @@ __device__ __forceinline__ void load_row(const T* p, int dim, int lane, T fill, 
   }
 }
 
-template <int P, typename T>
-__device__ RowStats softmax_row_regs(const T* x, T* y, int dim, bool log, int lane) {
+#pragma nv_exec_check_disable
+template <int P, typename T, typename G>
+__host__ __device__ RowStats softmax_row_regs(const T* x, T* y, int dim, bool log, const G& g) {
+  const int lane = static_cast<int>(g.rank());
   T v[P];
   load_row<P>(x, dim, lane, -std::numeric_limits<T>::infinity(), v);
   T m = -std::numeric_limits<T>::infinity();  // the fill never wins max_of
 #pragma unroll
   for (int j = 0; j < P; ++j) m = max_of(m, v[j]);
-  m = warp_max(m);
+  m = g.max(m);
   double s = 0;
 #pragma unroll
   for (int j = 0; j < P; ++j)
@@ -164,7 +181,7 @@ __device__ RowStats softmax_row_regs(const T* x, T* y, int dim, bool log, int la
       s += e;
       if (!log) v[j] = static_cast<T>(e);  // exact: e is a T widened
     }
-  s = warp_sum(s);
+  s = g.sum(s);
   const double lse = log ? ::log(s) : 0.0, inv = log ? 0.0 : 1.0 / s;
 #pragma unroll
   for (int j = 0; j < P; ++j) {
@@ -175,8 +192,11 @@ __device__ RowStats softmax_row_regs(const T* x, T* y, int dim, bool log, int la
   return {static_cast<double>(m), s};
 }
 
-template <int P, typename T>
-__device__ void softmax_backward_row_regs(const T* gy, const T* y, T* gx, int dim, bool log, int lane) {
+#pragma nv_exec_check_disable
+template <int P, typename T, typename G>
+__host__ __device__ void softmax_backward_row_regs(const T* gy, const T* y, T* gx, int dim, bool log,
+                                                   const G& group) {
+  const int lane = static_cast<int>(group.rank());
   T g[P], w[P];
   load_row<P>(gy, dim, lane, T(0), g);
   load_row<P>(y, dim, lane, T(0), w);
@@ -185,7 +205,7 @@ __device__ void softmax_backward_row_regs(const T* gy, const T* y, T* gx, int di
   for (int j = 0; j < P; ++j)
     if (lane + 32 * j < dim)
       s += log ? static_cast<double>(g[j]) : static_cast<double>(g[j]) * static_cast<double>(w[j]);
-  s = warp_sum(s);
+  s = group.sum(s);
 #pragma unroll
   for (int j = 0; j < P; ++j) {
     const int d = lane + 32 * j;
@@ -206,7 +226,7 @@ template <typename T> struct SoftmaxForwardRow {
     softmax_row(x + r * dim, y + r * dim, dim, 1, log, g);
   }
   template <int P> __device__ void regs(int64_t r, int lane) const {
-    softmax_row_regs<P>(x + r * dim, y + r * dim, static_cast<int>(dim), log, lane);
+    softmax_row_regs<P>(x + r * dim, y + r * dim, static_cast<int>(dim), log, WarpGroup{lane});
   }
 };
 
@@ -220,7 +240,7 @@ template <typename T> struct SoftmaxBackwardRow {
     softmax_backward_row(gy + r * dim, y + r * dim, gx + r * dim, dim, 1, log, g);
   }
   template <int P> __device__ void regs(int64_t r, int lane) const {
-    softmax_backward_row_regs<P>(gy + r * dim, y + r * dim, gx + r * dim, static_cast<int>(dim), log, lane);
+    softmax_backward_row_regs<P>(gy + r * dim, y + r * dim, gx + r * dim, static_cast<int>(dim), log, WarpGroup{lane});
   }
 };
 
@@ -237,7 +257,7 @@ template <typename T> struct CrossEntropyRow {
     if (g.rank() == 0) finish(r, st);
   }
   template <int P> __device__ void regs(int64_t r, int lane) const {
-    const RowStats st = softmax_row_regs<P>(z + r * K, prob + r * K, static_cast<int>(K), false, lane);
+    const RowStats st = softmax_row_regs<P>(z + r * K, prob + r * K, static_cast<int>(K), false, WarpGroup{lane});
     if (lane == 0) finish(r, st);
   }
   __device__ void finish(int64_t r, const RowStats& st) const {
@@ -262,24 +282,91 @@ template <typename F> __global__ void rows_block_kernel(int64_t rows, F f) {
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) f(r, g);
 }
 
-template <int P, typename F> void launch_rows_warp(int64_t rows, const F& f) {
-  rows_warp_kernel<P, F><<<cuda::grid_for(rows * 32, kThreads), kThreads, 0, cuda::stream()>>>(rows, f);
+// f(std::integral_constant<int, P>) for the register width of rows of length dim (at
+// most kWarpRowMax): P the least power of two with 32 * P >= dim, a whole row in
+// registers with no more than twice the registers it needs.
+template <typename F> void with_row_width(int64_t dim, F f) {
+  static_assert(kWarpRowMax == 32 * 32, "the largest register row is 32 per lane");
+  if (dim <= 32) f(std::integral_constant<int, 1>{});
+  else if (dim <= 64) f(std::integral_constant<int, 2>{});
+  else if (dim <= 128) f(std::integral_constant<int, 4>{});
+  else if (dim <= 256) f(std::integral_constant<int, 8>{});
+  else if (dim <= 512) f(std::integral_constant<int, 16>{});
+  else f(std::integral_constant<int, 32>{});
 }
 
-// Every row r of length dim: f.regs<P>(r, lane) with a warp per row when rows are short,
-// P the least power of two with 32 * P >= dim (a whole row in registers, no more than
-// twice the registers it needs); f(r, block group) with a block per row otherwise.
+// Every row r of length dim: f.regs<P>(r, lane) with a warp per row when rows are short;
+// f(r, block group) with a block per row otherwise.
 template <typename F> void for_each_row(int64_t rows, int64_t dim, const F& f) {
   if (rows <= 0) return;
-  static_assert(kWarpRowMax == 32 * 32, "the largest register row is 32 per lane");
-  if (dim <= 32) launch_rows_warp<1>(rows, f);
-  else if (dim <= 64) launch_rows_warp<2>(rows, f);
-  else if (dim <= 128) launch_rows_warp<4>(rows, f);
-  else if (dim <= 256) launch_rows_warp<8>(rows, f);
-  else if (dim <= 512) launch_rows_warp<16>(rows, f);
-  else if (dim <= kWarpRowMax) launch_rows_warp<32>(rows, f);
-  else rows_block_kernel<F><<<cuda::grid_for(rows, 1), kThreads, 0, cuda::stream()>>>(rows, f);
+  if (dim <= kWarpRowMax)
+    with_row_width(dim, [&](auto width) {
+      constexpr int P = decltype(width)::value;
+      rows_warp_kernel<P, F><<<cuda::grid_for(rows * 32, kThreads), kThreads, 0, cuda::stream()>>>(rows, f);
+    });
+  else
+    rows_block_kernel<F><<<cuda::grid_for(rows, 1), kThreads, 0, cuda::stream()>>>(rows, f);
   CUDA_CHECK_LAUNCH();
+}
+
+// ---- the warp code on the host ------------------------------------------------------------
+
+// 32 host threads stand in for a warp's lanes. max and sum combine the lanes' values in
+// the shuffles' butterfly order (lane l takes lane l ^ 16, then l ^ 8, ...), so a row
+// gets what the device computes, up to expf, whose host and device versions may differ
+// in the last bit.
+class HostWarp {
+ public:
+  struct Shared {
+    double v[32];
+    std::mutex mu;
+    std::condition_variable cv;
+    int arrived = 0;
+    int64_t generation = 0;
+  };
+  HostWarp(int lane, Shared* shared) : lane_(lane), sh_(shared) {}
+  int64_t rank() const { return lane_; }
+  template <typename A> A sum(A v) const { return butterfly(v, [](A a, A b) { return a + b; }); }
+  template <typename A> A max(A v) const { return butterfly(v, [](A a, A b) { return max_of(a, b); }); }
+
+ private:
+  void barrier() const {
+    std::unique_lock<std::mutex> lock(sh_->mu);
+    const int64_t gen = sh_->generation;
+    if (++sh_->arrived == 32) {
+      sh_->arrived = 0;
+      ++sh_->generation;
+      sh_->cv.notify_all();
+    } else {
+      sh_->cv.wait(lock, [&] { return sh_->generation != gen; });
+    }
+  }
+  template <typename A, typename Op> A butterfly(A v, Op op) const {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      sh_->v[lane_] = static_cast<double>(v);  // exact for float and double
+      barrier();
+      const A other = static_cast<A>(sh_->v[lane_ ^ offset]);
+      barrier();
+      v = op(v, other);
+    }
+    return v;
+  }
+  int lane_;
+  Shared* sh_;
+};
+
+// f(lane group) on 32 host threads, one row.
+template <typename F> void on_host_warp(F f) {
+  HostWarp::Shared shared;
+  std::vector<std::thread> lanes;
+  for (int lane = 0; lane < 32; ++lane) lanes.emplace_back([&shared, lane, &f] { f(HostWarp(lane, &shared)); });
+  for (std::thread& t : lanes) t.join();
+}
+
+void check_warp_rows(const char* what, int64_t dim) {
+  if (dim < 1 || dim > kWarpRowMax)
+    throw std::invalid_argument(std::string(what) + ": rows of 1 to " + std::to_string(kWarpRowMax) +
+                                " elements only, got " + std::to_string(dim));
 }
 
 // One block: out[0] = sum(v) / n, summed in a fixed order.
@@ -352,7 +439,31 @@ void cross_entropy_backward_cuda(const T* prob, const int64_t* target, const T* 
   });
 }
 
+template <typename T>
+void softmax_forward_cuda_on_host(const T* x, T* y, int64_t rows, int64_t dim, bool log) {
+  check_warp_rows("softmax_forward_cuda_on_host", dim);
+  for (int64_t r = 0; r < rows; ++r)
+    with_row_width(dim, [&](auto width) {
+      constexpr int P = decltype(width)::value;
+      on_host_warp([&](const HostWarp& g) { softmax_row_regs<P>(x + r * dim, y + r * dim, int(dim), log, g); });
+    });
+}
+
+template <typename T>
+void softmax_backward_cuda_on_host(const T* gy, const T* y, T* gx, int64_t rows, int64_t dim, bool log) {
+  check_warp_rows("softmax_backward_cuda_on_host", dim);
+  for (int64_t r = 0; r < rows; ++r)
+    with_row_width(dim, [&](auto width) {
+      constexpr int P = decltype(width)::value;
+      on_host_warp([&](const HostWarp& g) {
+        softmax_backward_row_regs<P>(gy + r * dim, y + r * dim, gx + r * dim, int(dim), log, g);
+      });
+    });
+}
+
 #define INSTANTIATE(T)                                                                           \
+  template void softmax_forward_cuda_on_host<T>(const T*, T*, int64_t, int64_t, bool);            \
+  template void softmax_backward_cuda_on_host<T>(const T*, const T*, T*, int64_t, int64_t, bool); \
   template void softmax_forward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t, bool);          \
   template void softmax_backward_cuda<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, bool); \
   template void cross_entropy_forward_cuda<T>(const T*, const int64_t*, T*, T*, int64_t, int64_t); \
