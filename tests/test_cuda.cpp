@@ -513,11 +513,12 @@ TEST_P(CudaTyped, MaxPool2dMatchesCpu) {
   }
 }
 
-// The tiled max-pool kernels' per-thread code, run on the host (no GPU needed): the same
-// maxima, argmax and gradients as the CPU's kernels, bit for bit, in both of its forms
-// (3x3 at stride 2 with fixed trip counts; any other window). Values on a coarse grid
-// make ties, and a few NaNs must propagate to their windows.
-template <typename T> void expect_tiled_max_pool_matches_cpu(const PoolCase& c, uint64_t seed) {
+// The max-pool kernels' per-thread code, run on the host (no GPU needed): the same maxima,
+// argmax and gradients as the CPU's kernels, bit for bit. The tiled kernels in both of
+// their forms (3x3 at stride 2 with fixed trip counts; any other window), and the flat
+// ones that shapes beyond int get. Values on a coarse grid make ties, and a few NaNs
+// must propagate to their windows.
+template <typename T> void expect_max_pool_code_matches_cpu(const PoolCase& c, uint64_t seed, bool flat) {
   const kernels::Pool2dShape s = engine::detail::max_pool2d_shape(c.x, c.k, c.s, c.p, c.ceil);
   const Tensor r = randn(c.x, seed);
   const int64_t nx = r.numel(), ny = s.N * s.C * s.Ho * s.Wo;
@@ -530,16 +531,16 @@ template <typename T> void expect_tiled_max_pool_matches_cpu(const PoolCase& c, 
   std::vector<T> y_cpu(gy.size()), y_dev(gy.size(), T(-7)), gx_cpu(x.size()), gx_dev(x.size(), T(-7));
   std::vector<int64_t> am_cpu(gy.size()), am_dev(gy.size(), -7);
   kernels::max_pool2d_forward_cpu<T>(x.data(), y_cpu.data(), am_cpu.data(), s);
-  kernels::max_pool2d_forward_cuda_on_host<T>(x.data(), y_dev.data(), am_dev.data(), s);
+  kernels::max_pool2d_forward_cuda_on_host<T>(x.data(), y_dev.data(), am_dev.data(), s, flat);
   EXPECT_EQ(am_dev, am_cpu);
   EXPECT_EQ(0, std::memcmp(y_dev.data(), y_cpu.data(), y_cpu.size() * sizeof(T))) << "maxima differ";
   // Without an argmax only y is written.
   std::vector<T> y_only(gy.size(), T(-7));
-  kernels::max_pool2d_forward_cuda_on_host<T>(x.data(), y_only.data(), nullptr, s);
+  kernels::max_pool2d_forward_cuda_on_host<T>(x.data(), y_only.data(), nullptr, s, flat);
   EXPECT_EQ(0, std::memcmp(y_only.data(), y_cpu.data(), y_cpu.size() * sizeof(T))) << "maxima differ (no argmax)";
 
   kernels::max_pool2d_backward_cpu<T>(gy.data(), am_cpu.data(), gx_cpu.data(), s);
-  kernels::max_pool2d_backward_cuda_on_host<T>(gy.data(), am_cpu.data(), gx_dev.data(), s);
+  kernels::max_pool2d_backward_cuda_on_host<T>(gy.data(), am_cpu.data(), gx_dev.data(), s, flat);
   EXPECT_EQ(0, std::memcmp(gx_dev.data(), gx_cpu.data(), gx_cpu.size() * sizeof(T))) << "gradients differ";
   int64_t nan_max = 0, nonzero_grad = 0;
   for (T v : y_cpu) nan_max += std::isnan(v) ? 1 : 0;
@@ -548,7 +549,7 @@ template <typename T> void expect_tiled_max_pool_matches_cpu(const PoolCase& c, 
   EXPECT_GT(nonzero_grad, 0);
 }
 
-TEST(CudaKernelsOnHost, TiledMaxPoolCodeMatchesCpuBitForBit) {
+TEST(CudaKernelsOnHost, MaxPoolCodeMatchesCpuBitForBit) {
 #if !ENGINE_HAVE_CUDA
   GTEST_SKIP() << "built without CUDA: no kernel code to run";
 #else
@@ -562,8 +563,11 @@ TEST(CudaKernelsOnHost, TiledMaxPoolCodeMatchesCpuBitForBit) {
   uint64_t seed = 230;
   for (const PoolCase& c : cases) {
     SCOPED_TRACE(describe(c));
-    expect_tiled_max_pool_matches_cpu<float>(c, seed);
-    expect_tiled_max_pool_matches_cpu<double>(c, seed + 7);
+    for (bool flat : {false, true}) {
+      SCOPED_TRACE(flat ? "flat kernels" : "tiled kernels");
+      expect_max_pool_code_matches_cpu<float>(c, seed, flat);
+      expect_max_pool_code_matches_cpu<double>(c, seed + 7, flat);
+    }
     seed += 17;
   }
 #endif

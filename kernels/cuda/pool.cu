@@ -29,7 +29,7 @@ namespace {
 struct WindowRange {
   int64_t lo, hi;  // inclusive; empty when lo > hi
 };
-__device__ __forceinline__ WindowRange windows_containing(int64_t i, int64_t k, int64_t s,
+__host__ __device__ __forceinline__ WindowRange windows_containing(int64_t i, int64_t k, int64_t s,
                                                           int64_t p, int64_t out) {
   const int64_t first = i + p - k + 1;  // o * s >= first
   WindowRange r;
@@ -49,8 +49,8 @@ __device__ __forceinline__ WindowRange windows_containing(int64_t i, int64_t k, 
 // loops have a fixed trip count and every load a thread needs is issued before the first
 // comparison, so their latencies overlap instead of adding up; and K = S = 0, the shape's
 // own window and stride. The flat ones, one thread per element with int64_t indices, take
-// anything larger. The per-thread code also runs on the host, thread by thread
-// (max_pool2d_*_cuda_on_host), so tests without a GPU check its index arithmetic.
+// anything larger. The per-thread code of both kinds also runs on the host, thread by
+// thread (max_pool2d_*_cuda_on_host), so tests without a GPU check its index arithmetic.
 struct PoolGeom {
   int H, W, Ho, Wo, kh, kw, sh, sw, ph, pw;
 };
@@ -166,50 +166,62 @@ __global__ void max_pool2d_backward_tiled(const T* gy, const int64_t* argmax, T*
     max_pool_backward_at<T, K, S>(gy, argmax, gx, pl, ih, iw, g);
 }
 
+// The flat kernels' per-thread code: output (forward) or input (backward) element k of
+// all planes, int64_t indices throughout.
+template <typename T>
+__host__ __device__ __forceinline__ void max_pool_forward_flat_at(const T* x, T* y, int64_t* argmax,
+                                                                  const Pool2dShape& sp, int64_t k) {
+  const int64_t ow = k % sp.Wo, t = k / sp.Wo;
+  const int64_t oh = t % sp.Ho, pl = t / sp.Ho;
+  const T* xp = x + pl * sp.H * sp.W;
+  const int64_t h0 = oh * sp.sh - sp.ph;
+  const int64_t hs = h0 < 0 ? 0 : h0, he = h0 + sp.kh < sp.H ? h0 + sp.kh : sp.H;
+  const int64_t w0 = ow * sp.sw - sp.pw;
+  const int64_t ws = w0 < 0 ? 0 : w0, we = w0 + sp.kw < sp.W ? w0 + sp.kw : sp.W;
+  T best = -std::numeric_limits<T>::infinity();
+  int64_t where = hs * sp.W + ws;
+  for (int64_t ih = hs; ih < he; ++ih)
+    for (int64_t iw = ws; iw < we; ++iw) {
+      const T v = xp[ih * sp.W + iw];
+      if (v > best || v != v) {
+        best = v;
+        where = ih * sp.W + iw;
+      }
+    }
+  y[k] = best;
+  if (argmax != nullptr) argmax[k] = where;
+}
+
+template <typename T>
+__host__ __device__ __forceinline__ void max_pool_backward_flat_at(const T* gy, const int64_t* argmax, T* gx,
+                                                                   const Pool2dShape& sp, int64_t k) {
+  const int64_t iw = k % sp.W, t = k / sp.W;
+  const int64_t ih = t % sp.H, pl = t / sp.H;
+  const int64_t here = ih * sp.W + iw;
+  const WindowRange rh = windows_containing(ih, sp.kh, sp.sh, sp.ph, sp.Ho);
+  const WindowRange rw = windows_containing(iw, sp.kw, sp.sw, sp.pw, sp.Wo);
+  const int64_t plane = pl * sp.Ho * sp.Wo;
+  T acc = T(0);
+  for (int64_t oh = rh.lo; oh <= rh.hi; ++oh)
+    for (int64_t ow = rw.lo; ow <= rw.hi; ++ow) {
+      const int64_t o = plane + oh * sp.Wo + ow;
+      if (argmax[o] == here) acc += gy[o];
+    }
+  gx[k] = acc;
+}
+
 template <typename T>
 __global__ void max_pool2d_forward_flat(const T* x, T* y, int64_t* argmax, Pool2dShape sp, int64_t total) {
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < total;
-       k += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    const int64_t ow = k % sp.Wo, t = k / sp.Wo;
-    const int64_t oh = t % sp.Ho, pl = t / sp.Ho;
-    const T* xp = x + pl * sp.H * sp.W;
-    const int64_t h0 = oh * sp.sh - sp.ph;
-    const int64_t hs = h0 < 0 ? 0 : h0, he = h0 + sp.kh < sp.H ? h0 + sp.kh : sp.H;
-    const int64_t w0 = ow * sp.sw - sp.pw;
-    const int64_t ws = w0 < 0 ? 0 : w0, we = w0 + sp.kw < sp.W ? w0 + sp.kw : sp.W;
-    T best = -std::numeric_limits<T>::infinity();
-    int64_t where = hs * sp.W + ws;
-    for (int64_t ih = hs; ih < he; ++ih)
-      for (int64_t iw = ws; iw < we; ++iw) {
-        const T v = xp[ih * sp.W + iw];
-        if (v > best || v != v) {
-          best = v;
-          where = ih * sp.W + iw;
-        }
-      }
-    y[k] = best;
-    if (argmax != nullptr) argmax[k] = where;
-  }
+       k += static_cast<int64_t>(blockDim.x) * gridDim.x)
+    max_pool_forward_flat_at(x, y, argmax, sp, k);
 }
 
 template <typename T>
 __global__ void max_pool2d_backward_flat(const T* gy, const int64_t* argmax, T* gx, Pool2dShape sp, int64_t total) {
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < total;
-       k += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    const int64_t iw = k % sp.W, t = k / sp.W;
-    const int64_t ih = t % sp.H, pl = t / sp.H;
-    const int64_t here = ih * sp.W + iw;
-    const WindowRange rh = windows_containing(ih, sp.kh, sp.sh, sp.ph, sp.Ho);
-    const WindowRange rw = windows_containing(iw, sp.kw, sp.sw, sp.pw, sp.Wo);
-    const int64_t plane = pl * sp.Ho * sp.Wo;
-    T acc = T(0);
-    for (int64_t oh = rh.lo; oh <= rh.hi; ++oh)
-      for (int64_t ow = rw.lo; ow <= rw.hi; ++ow) {
-        const int64_t o = plane + oh * sp.Wo + ow;
-        if (argmax[o] == here) acc += gy[o];
-      }
-    gx[k] = acc;
-  }
+       k += static_cast<int64_t>(blockDim.x) * gridDim.x)
+    max_pool_backward_flat_at(gy, argmax, gx, sp, k);
 }
 
 namespace {
@@ -277,9 +289,9 @@ void max_pool2d_backward_cuda(const T* gy, const int64_t* argmax, T* gx, const P
                   max_pool2d_backward_flat<T>, gy, argmax, gx);
 }
 
-// The tiled kernels' per-thread code, run on the host for every thread that the launch
-// above would start over rows x cols of each plane: f(plane, row, col, whether the 3x3
-// stride-2 instance applies).
+// The kernels' per-thread code, run on the host for every thread that a launch would
+// start: the tiled kernels' over rows x cols of each plane, f(plane, row, col, whether
+// the 3x3 stride-2 instance applies); or the flat kernels' over all elements.
 template <typename F> void tiled_threads_on_host(const Pool2dShape& s, const char* what, int64_t rows, int64_t cols, F f) {
   if (!tiled_pool(s)) throw std::invalid_argument(std::string(what) + ": shape beyond the tiled kernels");
   const bool k3s2 = window3_stride2(s);
@@ -289,7 +301,11 @@ template <typename F> void tiled_threads_on_host(const Pool2dShape& s, const cha
 }
 
 template <typename T>
-void max_pool2d_forward_cuda_on_host(const T* x, T* y, int64_t* argmax, const Pool2dShape& s) {
+void max_pool2d_forward_cuda_on_host(const T* x, T* y, int64_t* argmax, const Pool2dShape& s, bool flat) {
+  if (flat) {
+    for (int64_t k = 0; k < s.N * s.C * s.Ho * s.Wo; ++k) max_pool_forward_flat_at(x, y, argmax, s, k);
+    return;
+  }
   const PoolGeom g = geom(s);
   tiled_threads_on_host(s, "max_pool2d_forward_cuda_on_host", s.Ho, s.Wo, [&](int pl, int oh, int ow, bool k3s2) {
     if (k3s2) max_pool_forward_at<T, 3, 2>(x, y, argmax, pl, oh, ow, g);
@@ -298,7 +314,11 @@ void max_pool2d_forward_cuda_on_host(const T* x, T* y, int64_t* argmax, const Po
 }
 
 template <typename T>
-void max_pool2d_backward_cuda_on_host(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s) {
+void max_pool2d_backward_cuda_on_host(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s, bool flat) {
+  if (flat) {
+    for (int64_t k = 0; k < s.N * s.C * s.H * s.W; ++k) max_pool_backward_flat_at(gy, argmax, gx, s, k);
+    return;
+  }
   const PoolGeom g = geom(s);
   tiled_threads_on_host(s, "max_pool2d_backward_cuda_on_host", s.H, s.W, [&](int pl, int ih, int iw, bool k3s2) {
     if (k3s2) max_pool_backward_at<T, 3, 2>(gy, argmax, gx, pl, ih, iw, g);
@@ -352,8 +372,8 @@ void adaptive_avg_pool2d_backward_cuda(const T* gy, T* gx, int64_t NC, int64_t H
 #define INSTANTIATE(T)                                                                        \
   template void max_pool2d_forward_cuda<T>(const T*, T*, int64_t*, const Pool2dShape&);       \
   template void max_pool2d_backward_cuda<T>(const T*, const int64_t*, T*, const Pool2dShape&); \
-  template void max_pool2d_forward_cuda_on_host<T>(const T*, T*, int64_t*, const Pool2dShape&); \
-  template void max_pool2d_backward_cuda_on_host<T>(const T*, const int64_t*, T*, const Pool2dShape&); \
+  template void max_pool2d_forward_cuda_on_host<T>(const T*, T*, int64_t*, const Pool2dShape&, bool); \
+  template void max_pool2d_backward_cuda_on_host<T>(const T*, const int64_t*, T*, const Pool2dShape&, bool); \
   template void adaptive_avg_pool2d_forward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t,  \
                                                     int64_t, int64_t);                        \
   template void adaptive_avg_pool2d_backward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t, \
