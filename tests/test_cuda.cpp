@@ -679,12 +679,14 @@ struct GemmCase {
 };
 
 // One GEMM on the GPU against gemm_cpu on the host, on the same operands stored with
-// leading dimensions 3 larger than their rows (so the padding of C must survive). With
-// nan_c the M x N block of the device's C starts as NaN: with beta 0, C is write-only.
+// leading dimensions `pad` larger than their rows (3 by default: the padding of C must
+// survive, and rows are not 16-byte aligned; 0 with sizes that are multiples of 4: every
+// row is, and the kernels take their vector paths). With nan_c the M x N block of the
+// device's C starts as NaN: with beta 0, C is write-only.
 template <typename T>
-::testing::AssertionResult gemm_matches_cpu(GemmFn<T> gpu, const GemmCase& c, bool nan_c, uint64_t seed) {
+::testing::AssertionResult gemm_matches_cpu(GemmFn<T> gpu, const GemmCase& c, bool nan_c, uint64_t seed,
+                                            int64_t pad = 3) {
   const DType dt = dtype_of<T>::value;
-  const int64_t pad = 3;
   const int64_t a_rows = c.ta ? c.K : c.M, a_cols = c.ta ? c.M : c.K;
   const int64_t b_rows = c.tb ? c.N : c.K, b_cols = c.tb ? c.K : c.N;
   const int64_t lda = a_cols + pad, ldb = b_cols + pad, ldc = c.N + pad;
@@ -707,7 +709,10 @@ template <typename T>
 // Every transpose combination on odd shapes (1x1x1, single rows and columns, sizes
 // that are not multiples of any tile) with several alpha/beta pairs.
 template <typename T> void expect_gemm_matches_cpu(GemmFn<T> gpu) {
-  const int64_t shapes[][3] = {{1, 1, 1}, {37, 53, 29}, {130, 257, 67}, {1, 300, 17}, {129, 1, 65}, {64, 64, 64}};
+  // The last three have few output tiles and a long K: the tiled kernel splits K there.
+  const int64_t shapes[][3] = {{1, 1, 1},    {37, 53, 29},    {130, 257, 67}, {1, 300, 17},
+                               {129, 1, 65}, {64, 64, 64},    {3, 70, 2000},  {37, 53, 1500},
+                               {129, 1, 600}};
   const double scales[][2] = {{1.0, 0.0}, {0.7, -0.3}, {-1.25, 1.0}};
   uint64_t seed = 400;
   for (bool ta : {false, true})
@@ -725,6 +730,18 @@ template <typename T> void expect_gemm_matches_cpu(GemmFn<T> gpu) {
       EXPECT_TRUE(gemm_matches_cpu<T>(gpu, c, true, seed += 3)) << "NaN in C, beta 0: trans_a " << ta << " trans_b "
                                                                  << tb;
     }
+  // Aligned rows: FC-like shapes (a batch of 8 or 64 rows, K split by the tiled kernel)
+  // and a square one, through the 16-byte loads and stores.
+  const int64_t aligned[][3] = {{8, 64, 2048}, {64, 256, 1024}, {128, 128, 64}};
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (const auto& mnk : aligned)
+        for (const auto& ab : scales) {
+          const GemmCase c{ta, tb, mnk[0], mnk[1], mnk[2], ab[0], ab[1]};
+          EXPECT_TRUE(gemm_matches_cpu<T>(gpu, c, false, seed += 3, 0))
+              << "aligned: trans_a " << ta << " trans_b " << tb << " M " << c.M << " N " << c.N << " K " << c.K
+              << " alpha " << c.alpha << " beta " << c.beta;
+        }
 }
 
 }  // namespace

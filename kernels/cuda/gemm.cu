@@ -18,7 +18,10 @@
 // gemm_tiled_cuda is the handwritten fallback (ENGINE_CUDA_GEMM=tiled routes gemm_cuda
 // to it): 256 threads compute a (32V x 32V) tile of C, V = 16 bytes / sizeof(T) (128x128
 // for float, 64x64 for double), each thread a 2V x 2V register block, over K in steps of
-// 8 through double-buffered shared memory; see gemm_tiled_kernel.
+// 8 through double-buffered shared memory; see gemm_tiled_kernel. Products with fewer
+// tiles than the GPU has multiprocessors (the FC layers' M = batch) split K as well: each
+// split writes its partial product to a workspace and a second kernel adds them in a
+// fixed order (deterministic), then beta * C.
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -30,6 +33,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda_runtime.h"
 #include "kernels/gemm.h"
 
 namespace kernels {
@@ -144,14 +148,24 @@ template <typename T, int V> __device__ __forceinline__ void load_vec16(const T*
 //     and columns {tn*V + j, BN/2 + tn*V + j}, i, j < V: per k it reads two vectors of A
 //     and two of B from shared memory and does (2V)^2 FMAs. A warp spans 4 values of tm
 //     and 8 of tn, so its shared-memory reads are broadcasts of contiguous vectors.
-// Assumes blockDim.x == kThreads and a 1-D grid of ceil(M/BM) * ceil(N/BN) blocks, with
-// M, N, K < 2^31; offsets into A, B, C are 64-bit.
+//   Split K: block row y of the grid takes K's range [y * k_chunk, (y + 1) * k_chunk)
+//     (k_chunk a multiple of kBK, so 16-byte alignment is kept) and writes C + y *
+//     c_split_stride; one split is k_chunk = K, stride 0.
+// Assumes blockDim.x == kThreads and a grid of ceil(M/BM) * ceil(N/BN) x splits blocks,
+// with M, N, K < 2^31; offsets into A, B, C are 64-bit.
 template <typename T, bool TA, bool TB>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 2)
     gemm_tiled_kernel(int M, int N, int K, T alpha, const T* __restrict__ A, int64_t lda,
                       const T* __restrict__ B, int64_t ldb, T beta, T* __restrict__ C, int64_t ldc,
-                      bool vec_a, bool vec_b, bool vec_c) {
+                      bool vec_a, bool vec_b, bool vec_c, int k_chunk, int64_t c_split_stride) {
   using S = TileShape<T>;
+  {
+    const int k_begin = static_cast<int>(blockIdx.y) * k_chunk;  // < K
+    K = min(k_chunk, K - k_begin);
+    A += TA ? static_cast<int64_t>(k_begin) * lda : k_begin;
+    B += TB ? k_begin : static_cast<int64_t>(k_begin) * ldb;
+    C += static_cast<int64_t>(blockIdx.y) * c_split_stride;
+  }
   constexpr int V = S::V, BM = S::BM, BN = S::BN, LD = S::LD;
   __shared__ __align__(16) T As[2][kBK][LD];
   __shared__ __align__(16) T Bs[2][kBK][LD];
@@ -290,6 +304,40 @@ __global__ void __launch_bounds__(kThreads)
     }
 }
 
+// The GPU's multiprocessor count (the current device's, read once).
+int multiprocessors() {
+  static const int n = [] {
+    int dev = 0, v = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+    return v > 0 ? v : 1;
+  }();
+  return n;
+}
+
+constexpr int64_t kMinSplitK = 256;  // K per split at least: 32 stages of the main loop
+constexpr int64_t kMaxSplits = 16;
+
+// How many ways to split K: enough that the tiles times the splits fill about two
+// blocks per multiprocessor, when the tiles alone leave some idle.
+int64_t k_splits(int64_t tiles, int64_t K) {
+  const int64_t sms = multiprocessors();
+  if (tiles >= sms) return 1;
+  return std::max<int64_t>(1, std::min({2 * sms / tiles, K / kMinSplitK, kMaxSplits}));
+}
+
+// C[m, n] = sum over s of W[s][m, n] (W: splits x M x N, in that order) + beta * C[m, n];
+// beta == 0 does not read C.
+template <typename T>
+void add_splits(const T* W, int64_t splits, int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
+  cuda::parallel_for(M * N, [=] __device__(int64_t idx) {
+    T acc = W[idx];
+    for (int64_t s = 1; s < splits; ++s) acc += W[s * M * N + idx];
+    T& c = C[(idx / N) * ldc + idx % N];
+    c = beta != T(0) ? fma(beta, c, acc) : acc;
+  });
+}
+
 template <typename T, bool TA, bool TB>
 void launch_tiled(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
                   int64_t ldb, T beta, T* C, int64_t ldc) {
@@ -299,6 +347,28 @@ void launch_tiled(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t 
   const bool vec_c = cuda::aligned16(C) && ldc % S::V == 0;
   const int64_t tiles_n = (N + S::BN - 1) / S::BN;
   const int64_t tiles_m = (M + S::BM - 1) / S::BM;
+  int64_t splits = k_splits(tiles_m * tiles_n, K);
+  if (splits > 1) {
+    // k_chunk: a multiple of kBK; every split gets some of K.
+    const int64_t k_chunk = ((K + splits - 1) / splits + kBK - 1) / kBK * kBK;
+    splits = (K + k_chunk - 1) / k_chunk;
+    T* W = static_cast<T*>(cuda::malloc_device(static_cast<std::size_t>(splits * M * N) * sizeof(T)));
+    try {
+      const dim3 grid(static_cast<unsigned>(tiles_m * tiles_n), static_cast<unsigned>(splits));
+      gemm_tiled_kernel<T, TA, TB><<<grid, kThreads, 0, cuda::stream()>>>(
+          static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A, lda, B, ldb, T(0), W, N, vec_a,
+          vec_b, cuda::aligned16(W) && N % S::V == 0, static_cast<int>(k_chunk), M * N);
+      CUDA_CHECK_LAUNCH();
+      add_splits(W, splits, M, N, beta, C, ldc);
+    } catch (...) {
+      cuda::free_device(W);
+      throw;
+    }
+    // Freed while the kernels may still run: the caching allocator hands the block out
+    // again only to work queued after them on the same stream.
+    cuda::free_device(W);
+    return;
+  }
   // gridDim.x < 2^31: more tiles than that (M*N beyond 2^45) go in several launches by rows.
   const int64_t chunk_tiles_m = std::min<int64_t>(tiles_m, INT_MAX / tiles_n);
   for (int64_t t0 = 0; t0 < tiles_m; t0 += chunk_tiles_m) {
@@ -308,7 +378,7 @@ void launch_tiled(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t 
     const T* a = TA ? A + m0 : A + m0 * lda;  // alignment is kept: m0 is a multiple of V
     gemm_tiled_kernel<T, TA, TB><<<static_cast<unsigned>(blocks), kThreads, 0, cuda::stream()>>>(
         static_cast<int>(rows), static_cast<int>(N), static_cast<int>(K), alpha, a, lda, B, ldb,
-        beta, C + m0 * ldc, ldc, vec_a, vec_b, vec_c);
+        beta, C + m0 * ldc, ldc, vec_a, vec_b, vec_c, static_cast<int>(K), 0);
     CUDA_CHECK_LAUNCH();
   }
 }
