@@ -35,9 +35,10 @@ void max_pool2d_forward_cuda(const T* x, T* y, int64_t* argmax, const Pool2dShap
 template <typename T>
 void max_pool2d_backward_cuda(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s);
 // For tests: the max-pool kernels' per-thread code run on the host, thread by thread (no
-// GPU needed). Host pointers. flat = false: the tiled kernels, in the instance the launch
-// would pick (shapes whose indices fit in int only, else std::invalid_argument); true:
-// the flat kernels that shapes beyond int get, for any shape.
+// GPU needed). Host pointers. flat = false: the packed kernels, in the instance the
+// launch would pick, with their index arithmetic (shapes whose indices fit in int only,
+// else std::invalid_argument); true: the flat kernels that shapes beyond int get, for any
+// shape.
 template <typename T>
 void max_pool2d_forward_cuda_on_host(const T* x, T* y, int64_t* argmax, const Pool2dShape& s, bool flat = false);
 template <typename T>

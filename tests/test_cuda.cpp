@@ -514,10 +514,10 @@ TEST_P(CudaTyped, MaxPool2dMatchesCpu) {
 }
 
 // The max-pool kernels' per-thread code, run on the host (no GPU needed): the same maxima,
-// argmax and gradients as the CPU's kernels, bit for bit. The tiled kernels in both of
-// their forms (3x3 at stride 2 with fixed trip counts; any other window), and the flat
-// ones that shapes beyond int get. Values on a coarse grid make ties, and a few NaNs
-// must propagate to their windows.
+// argmax and gradients as the CPU's kernels, bit for bit. The packed kernels (with their
+// index arithmetic) in both of their forms (3x3 at stride 2 with fixed trip counts; any
+// other window), and the flat ones that shapes beyond int get. Values on a coarse grid
+// make ties, and a few NaNs must propagate to their windows.
 template <typename T> void expect_max_pool_code_matches_cpu(const PoolCase& c, uint64_t seed, bool flat) {
   const kernels::Pool2dShape s = engine::detail::max_pool2d_shape(c.x, c.k, c.s, c.p, c.ceil);
   const Tensor r = randn(c.x, seed);
@@ -564,7 +564,7 @@ TEST(CudaKernelsOnHost, MaxPoolCodeMatchesCpuBitForBit) {
   for (const PoolCase& c : cases) {
     SCOPED_TRACE(describe(c));
     for (bool flat : {false, true}) {
-      SCOPED_TRACE(flat ? "flat kernels" : "tiled kernels");
+      SCOPED_TRACE(flat ? "flat kernels" : "packed kernels");
       expect_max_pool_code_matches_cpu<float>(c, seed, flat);
       expect_max_pool_code_matches_cpu<double>(c, seed + 7, flat);
     }

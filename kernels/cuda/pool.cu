@@ -41,18 +41,40 @@ __host__ __device__ __forceinline__ WindowRange windows_containing(int64_t i, in
 
 }  // namespace
 
-// Max-pool, two kernels per direction. The tiled ones, where every index fits in int
-// (all of AlexNet's and SqueezeNet's shapes): a 32 x 8 block covers 32 columns by 8 rows
-// of a plane and the grid's z the (n, c) planes, so no index needs a division. Their
+// Max-pool, two kernels per direction. The packed ones, where every index fits in int
+// (all of AlexNet's and SqueezeNet's shapes): one thread per element of all the planes,
+// its plane, row and column taken from the element's index by two FastDivs, so each
+// warp covers 32 consecutive elements across rows and planes and no lane idles at the
+// edge of a narrow plane (AlexNet's pooled planes are 27, 13 and 6 wide). Their
 // per-thread code (max_pool_forward_at, max_pool_backward_at) has two forms: K = 3, S = 2
 // (a 3x3 window at stride 2: every pooling layer of AlexNet and SqueezeNet), where the
 // loops have a fixed trip count and every load a thread needs is issued before the first
 // comparison, so their latencies overlap instead of adding up; and K = S = 0, the shape's
 // own window and stride. The flat ones, one thread per element with int64_t indices, take
-// anything larger. The per-thread code of both kinds also runs on the host, thread by
-// thread (max_pool2d_*_cuda_on_host), so tests without a GPU check its index arithmetic.
+// anything larger. The per-thread code of both kinds, and the packed kernels' index
+// arithmetic, also run on the host, thread by thread (max_pool2d_*_cuda_on_host), so
+// tests without a GPU check them.
 struct PoolGeom {
   int H, W, Ho, Wo, kh, kw, sh, sw, ph, pw;
+};
+
+// n / d for 0 <= n < 2^31 and 1 <= d < 2^31 by a multiply-high, an add and a shift
+// instead of a division (some twenty instructions): the round-up method of Granlund and
+// Montgomery, the magic number m made on the host.
+struct FastDiv {
+  unsigned d, m, s;
+  explicit FastDiv(unsigned divisor) : d(divisor), m(0), s(0) {
+    while ((1ull << s) < d) ++s;  // s = ceil(log2 d)
+    m = static_cast<unsigned>(((1ull << 32) * ((1ull << s) - d)) / d + 1);
+  }
+  __host__ __device__ __forceinline__ unsigned div(unsigned n) const {
+#ifdef __CUDA_ARCH__
+    const unsigned t = __umulhi(n, m);
+#else
+    const unsigned t = static_cast<unsigned>((static_cast<unsigned long long>(n) * m) >> 32);
+#endif
+    return (t + n) >> s;  // t <= n < 2^31: no overflow
+  }
 };
 
 __host__ __device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
@@ -148,22 +170,36 @@ __host__ __device__ __forceinline__ void max_pool_backward_at(const T* gy, const
   gx[(pl * g.H + ih) * g.W + iw] = acc;
 }
 
+// Element k of all planes of rows x cols each: its plane, row and column.
+struct PackedIndex {
+  FastDiv cols, rows;
+  __host__ __device__ __forceinline__ void split(unsigned k, int& plane, int& row, int& col) const {
+    const unsigned t = cols.div(k), pl = rows.div(t);
+    plane = static_cast<int>(pl);
+    row = static_cast<int>(t - pl * rows.d);
+    col = static_cast<int>(k - t * cols.d);
+  }
+};
+
 template <typename T, int K, int S>
-__global__ void max_pool2d_forward_tiled(const T* x, T* y, int64_t* argmax, int planes, PoolGeom g) {
-  const int ow = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-  const int oh = static_cast<int>(blockIdx.y * blockDim.y + threadIdx.y);
-  if (ow >= g.Wo || oh >= g.Ho) return;
-  for (int pl = static_cast<int>(blockIdx.z); pl < planes; pl += static_cast<int>(gridDim.z))
+__global__ void max_pool2d_forward_packed(const T* x, T* y, int64_t* argmax, unsigned total, PackedIndex ix,
+                                          PoolGeom g) {
+  // total < 2^31 and the grid's stride < 2^28: k stays within unsigned.
+  for (unsigned k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += blockDim.x * gridDim.x) {
+    int pl, oh, ow;
+    ix.split(k, pl, oh, ow);
     max_pool_forward_at<T, K, S>(x, y, argmax, pl, oh, ow, g);
+  }
 }
 
 template <typename T, int K, int S>
-__global__ void max_pool2d_backward_tiled(const T* gy, const int64_t* argmax, T* gx, int planes, PoolGeom g) {
-  const int iw = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
-  const int ih = static_cast<int>(blockIdx.y * blockDim.y + threadIdx.y);
-  if (iw >= g.W || ih >= g.H) return;
-  for (int pl = static_cast<int>(blockIdx.z); pl < planes; pl += static_cast<int>(gridDim.z))
+__global__ void max_pool2d_backward_packed(const T* gy, const int64_t* argmax, T* gx, unsigned total, PackedIndex ix,
+                                           PoolGeom g) {
+  for (unsigned k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += blockDim.x * gridDim.x) {
+    int pl, ih, iw;
+    ix.split(k, pl, ih, iw);
     max_pool_backward_at<T, K, S>(gy, argmax, gx, pl, ih, iw, g);
+  }
 }
 
 // The flat kernels' per-thread code: output (forward) or input (backward) element k of
@@ -226,78 +262,76 @@ __global__ void max_pool2d_backward_flat(const T* gy, const int64_t* argmax, T* 
 
 namespace {
 
-constexpr int kFlatThreads = 256;
-const dim3 kTile(32, 8);
+constexpr int kThreads = 256;
 
-// Whether the tiled kernels apply: every element index, and the window arithmetic, within
-// int; the grid's y within its limit.
-bool tiled_pool(const Pool2dShape& s) {
+// Whether the packed kernels apply: every element index, and the window arithmetic,
+// within int.
+bool packed_pool(const Pool2dShape& s) {
   const int64_t lim = std::numeric_limits<int>::max();
   return s.N * s.C * s.H * s.W <= lim && s.N * s.C * s.Ho * s.Wo <= lim &&
-         s.H + s.ph + s.kh + s.sh * s.Ho <= lim && s.W + s.pw + s.kw + s.sw * s.Wo <= lim &&
-         (s.H + kTile.y - 1) / kTile.y <= 65535 && (s.Ho + kTile.y - 1) / kTile.y <= 65535;
+         s.H + s.ph + s.kh + s.sh * s.Ho <= lim && s.W + s.pw + s.kw + s.sw * s.Wo <= lim;
 }
 
 PoolGeom geom(const Pool2dShape& s) {
   return {int(s.H), int(s.W), int(s.Ho), int(s.Wo), int(s.kh), int(s.kw), int(s.sh), int(s.sw), int(s.ph), int(s.pw)};
 }
 
-// The grid over rows x columns of every plane.
-dim3 tile_grid(int64_t rows, int64_t cols, int64_t planes) {
-  return dim3(static_cast<unsigned>((cols + kTile.x - 1) / kTile.x), static_cast<unsigned>((rows + kTile.y - 1) / kTile.y),
-              static_cast<unsigned>(std::min<int64_t>(planes, 65535)));
+PackedIndex packed_index(int64_t rows, int64_t cols) {
+  return {FastDiv(static_cast<unsigned>(cols)), FastDiv(static_cast<unsigned>(rows))};
 }
-
-}  // namespace
-
-namespace {
 
 // Whether the K = 3, S = 2 instances apply.
 bool window3_stride2(const Pool2dShape& s) { return s.kh == 3 && s.kw == 3 && s.sh == 2 && s.sw == 2; }
 
 }  // namespace
 
-// Launches a max-pool direction over rows x cols of every plane: the tiled kernel (its
+// Launches a max-pool direction over rows x cols of every plane: the packed kernel (its
 // 3x3, stride-2 instance where the shape has that window) or, for shapes beyond int, the
-// flat one over all `total` elements. `args` are the kernels' leading arguments.
-template <typename Tiled32, typename Tiled0, typename Flat, typename... Args>
-void launch_max_pool(const Pool2dShape& s, int64_t rows, int64_t cols, Tiled32 tiled32, Tiled0 tiled0, Flat flat,
+// flat one. `args` are the kernels' leading arguments.
+template <typename Packed32, typename Packed0, typename Flat, typename... Args>
+void launch_max_pool(const Pool2dShape& s, int64_t rows, int64_t cols, Packed32 packed32, Packed0 packed0, Flat flat,
                      Args... args) {
-  const int64_t planes = s.N * s.C, total = planes * rows * cols;
+  const int64_t total = s.N * s.C * rows * cols;
   if (total <= 0) return;
-  if (tiled_pool(s)) {
-    const dim3 grid = tile_grid(rows, cols, planes);
+  const unsigned blocks = cuda::grid_for(total, kThreads);
+  if (packed_pool(s)) {
+    const PackedIndex ix = packed_index(rows, cols);
     if (window3_stride2(s))
-      tiled32<<<grid, kTile, 0, cuda::stream()>>>(args..., int(planes), geom(s));
+      packed32<<<blocks, kThreads, 0, cuda::stream()>>>(args..., unsigned(total), ix, geom(s));
     else
-      tiled0<<<grid, kTile, 0, cuda::stream()>>>(args..., int(planes), geom(s));
+      packed0<<<blocks, kThreads, 0, cuda::stream()>>>(args..., unsigned(total), ix, geom(s));
   } else {
-    flat<<<cuda::grid_for(total, kFlatThreads), kFlatThreads, 0, cuda::stream()>>>(args..., s, total);
+    flat<<<blocks, kThreads, 0, cuda::stream()>>>(args..., s, total);
   }
   CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
 void max_pool2d_forward_cuda(const T* x, T* y, int64_t* argmax, const Pool2dShape& s) {
-  launch_max_pool(s, s.Ho, s.Wo, max_pool2d_forward_tiled<T, 3, 2>, max_pool2d_forward_tiled<T, 0, 0>,
+  launch_max_pool(s, s.Ho, s.Wo, max_pool2d_forward_packed<T, 3, 2>, max_pool2d_forward_packed<T, 0, 0>,
                   max_pool2d_forward_flat<T>, x, y, argmax);
 }
 
 template <typename T>
 void max_pool2d_backward_cuda(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s) {
-  launch_max_pool(s, s.H, s.W, max_pool2d_backward_tiled<T, 3, 2>, max_pool2d_backward_tiled<T, 0, 0>,
+  launch_max_pool(s, s.H, s.W, max_pool2d_backward_packed<T, 3, 2>, max_pool2d_backward_packed<T, 0, 0>,
                   max_pool2d_backward_flat<T>, gy, argmax, gx);
 }
 
 // The kernels' per-thread code, run on the host for every thread that a launch would
-// start: the tiled kernels' over rows x cols of each plane, f(plane, row, col, whether
-// the 3x3 stride-2 instance applies); or the flat kernels' over all elements.
-template <typename F> void tiled_threads_on_host(const Pool2dShape& s, const char* what, int64_t rows, int64_t cols, F f) {
-  if (!tiled_pool(s)) throw std::invalid_argument(std::string(what) + ": shape beyond the tiled kernels");
+// start: the packed kernels' over all elements of rows x cols planes, f(plane, row, col,
+// whether the 3x3 stride-2 instance applies), with their index arithmetic; or the flat
+// kernels' over all elements.
+template <typename F> void packed_threads_on_host(const Pool2dShape& s, const char* what, int64_t rows, int64_t cols, F f) {
+  if (!packed_pool(s)) throw std::invalid_argument(std::string(what) + ": shape beyond the packed kernels");
   const bool k3s2 = window3_stride2(s);
-  for (int pl = 0; pl < int(s.N * s.C); ++pl)
-    for (int r = 0; r < int(rows); ++r)
-      for (int c = 0; c < int(cols); ++c) f(pl, r, c, k3s2);
+  const PackedIndex ix = packed_index(rows, cols);
+  const unsigned total = static_cast<unsigned>(s.N * s.C * rows * cols);
+  for (unsigned k = 0; k < total; ++k) {
+    int pl, r, c;
+    ix.split(k, pl, r, c);
+    f(pl, r, c, k3s2);
+  }
 }
 
 template <typename T>
@@ -307,7 +341,7 @@ void max_pool2d_forward_cuda_on_host(const T* x, T* y, int64_t* argmax, const Po
     return;
   }
   const PoolGeom g = geom(s);
-  tiled_threads_on_host(s, "max_pool2d_forward_cuda_on_host", s.Ho, s.Wo, [&](int pl, int oh, int ow, bool k3s2) {
+  packed_threads_on_host(s, "max_pool2d_forward_cuda_on_host", s.Ho, s.Wo, [&](int pl, int oh, int ow, bool k3s2) {
     if (k3s2) max_pool_forward_at<T, 3, 2>(x, y, argmax, pl, oh, ow, g);
     else max_pool_forward_at<T, 0, 0>(x, y, argmax, pl, oh, ow, g);
   });
@@ -320,7 +354,7 @@ void max_pool2d_backward_cuda_on_host(const T* gy, const int64_t* argmax, T* gx,
     return;
   }
   const PoolGeom g = geom(s);
-  tiled_threads_on_host(s, "max_pool2d_backward_cuda_on_host", s.H, s.W, [&](int pl, int ih, int iw, bool k3s2) {
+  packed_threads_on_host(s, "max_pool2d_backward_cuda_on_host", s.H, s.W, [&](int pl, int ih, int iw, bool k3s2) {
     if (k3s2) max_pool_backward_at<T, 3, 2>(gy, argmax, gx, pl, ih, iw, g);
     else max_pool_backward_at<T, 0, 0>(gy, argmax, gx, pl, ih, iw, g);
   });
