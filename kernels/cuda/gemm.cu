@@ -148,18 +148,20 @@ template <typename T, int V> __device__ __forceinline__ void load_vec16(const T*
 //     and columns {tn*V + j, BN/2 + tn*V + j}, i, j < V: per k it reads two vectors of A
 //     and two of B from shared memory and does (2V)^2 FMAs. A warp spans 4 values of tm
 //     and 8 of tn, so its shared-memory reads are broadcasts of contiguous vectors.
-//   Split K: block row y of the grid takes K's range [y * k_chunk, (y + 1) * k_chunk)
-//     (k_chunk a multiple of kBK, so 16-byte alignment is kept) and writes C + y *
-//     c_split_stride; one split is k_chunk = K, stride 0.
-// Assumes blockDim.x == kThreads and a grid of ceil(M/BM) * ceil(N/BN) x splits blocks,
-// with M, N, K < 2^31; offsets into A, B, C are 64-bit.
-template <typename T, bool TA, bool TB>
-__global__ void __launch_bounds__(kThreads, 2)
-    gemm_tiled_kernel(int M, int N, int K, T alpha, const T* __restrict__ A, int64_t lda,
-                      const T* __restrict__ B, int64_t ldb, T beta, T* __restrict__ C, int64_t ldc,
-                      bool vec_a, bool vec_b, bool vec_c, int k_chunk, int64_t c_split_stride) {
+//   Split (kSplit, gemm_tiled_split_kernel): block row y of the grid takes K's range
+//     [y * k_chunk, (y + 1) * k_chunk) (k_chunk a multiple of kBK, so 16-byte alignment
+//     is kept) and writes C + y * c_split_stride. Its registers are held at 128, two
+//     blocks per multiprocessor, which the bookkeeping would otherwise push past;
+//     gemm_tiled_kernel is the block without it.
+// Assumes blockDim.x == kThreads and a grid of ceil(M/BM) * ceil(N/BN) (x splits)
+// blocks, with M, N, K < 2^31; offsets into A, B, C are 64-bit.
+template <typename T, bool TA, bool TB, bool kSplit>
+__device__ __forceinline__ void gemm_tiled_block(int M, int N, int K, T alpha, const T* __restrict__ A, int64_t lda,
+                                                 const T* __restrict__ B, int64_t ldb, T beta, T* __restrict__ C,
+                                                 int64_t ldc, bool vec_a, bool vec_b, bool vec_c, int k_chunk,
+                                                 int64_t c_split_stride) {
   using S = TileShape<T>;
-  {
+  if constexpr (kSplit) {
     const int k_begin = static_cast<int>(blockIdx.y) * k_chunk;  // < K
     K = min(k_chunk, K - k_begin);
     A += TA ? static_cast<int64_t>(k_begin) * lda : k_begin;
@@ -304,6 +306,22 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
 }
 
+template <typename T, bool TA, bool TB>
+__global__ void __launch_bounds__(kThreads)
+    gemm_tiled_kernel(int M, int N, int K, T alpha, const T* __restrict__ A, int64_t lda, const T* __restrict__ B,
+                      int64_t ldb, T beta, T* __restrict__ C, int64_t ldc, bool vec_a, bool vec_b, bool vec_c) {
+  gemm_tiled_block<T, TA, TB, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, vec_a, vec_b, vec_c, 0, 0);
+}
+
+template <typename T, bool TA, bool TB>
+__global__ void __launch_bounds__(kThreads, 2)
+    gemm_tiled_split_kernel(int M, int N, int K, T alpha, const T* __restrict__ A, int64_t lda,
+                            const T* __restrict__ B, int64_t ldb, T* __restrict__ W, bool vec_a, bool vec_b,
+                            bool vec_w, int k_chunk) {
+  gemm_tiled_block<T, TA, TB, true>(M, N, K, alpha, A, lda, B, ldb, T(0), W, N, vec_a, vec_b, vec_w, k_chunk,
+                                    static_cast<int64_t>(M) * N);
+}
+
 // The GPU's multiprocessor count (the current device's, read once).
 int multiprocessors() {
   static const int n = [] {
@@ -355,9 +373,9 @@ void launch_tiled(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t 
     T* W = static_cast<T*>(cuda::malloc_device(static_cast<std::size_t>(splits * M * N) * sizeof(T)));
     try {
       const dim3 grid(static_cast<unsigned>(tiles_m * tiles_n), static_cast<unsigned>(splits));
-      gemm_tiled_kernel<T, TA, TB><<<grid, kThreads, 0, cuda::stream()>>>(
-          static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A, lda, B, ldb, T(0), W, N, vec_a,
-          vec_b, cuda::aligned16(W) && N % S::V == 0, static_cast<int>(k_chunk), M * N);
+      gemm_tiled_split_kernel<T, TA, TB><<<grid, kThreads, 0, cuda::stream()>>>(
+          static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A, lda, B, ldb, W, vec_a, vec_b,
+          cuda::aligned16(W) && N % S::V == 0, static_cast<int>(k_chunk));
       CUDA_CHECK_LAUNCH();
       add_splits(W, splits, M, N, beta, C, ldc);
     } catch (...) {
@@ -378,7 +396,7 @@ void launch_tiled(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t 
     const T* a = TA ? A + m0 : A + m0 * lda;  // alignment is kept: m0 is a multiple of V
     gemm_tiled_kernel<T, TA, TB><<<static_cast<unsigned>(blocks), kThreads, 0, cuda::stream()>>>(
         static_cast<int>(rows), static_cast<int>(N), static_cast<int>(K), alpha, a, lda, B, ldb,
-        beta, C + m0 * ldc, ldc, vec_a, vec_b, vec_c, static_cast<int>(K), 0);
+        beta, C + m0 * ldc, ldc, vec_a, vec_b, vec_c);
     CUDA_CHECK_LAUNCH();
   }
 }
