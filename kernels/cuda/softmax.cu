@@ -5,7 +5,7 @@
 //   backward:    gx = y * (gy - sum(gy * y))      (softmax)
 //                gx = gy - exp(y) * sum(gy)       (log_softmax)
 //   cross_entropy: loss = mean_n (log s_n + m_n - z_n[t_n]); gz = g * (prob - onehot(t)) / N
-// Memory-bound: a row is read two or three times (max, sum, write), mostly from cache.
+// Memory-bound.
 // The CPU's formulas: max-subtracted, sums in double, the exponential in the tensor's
 // type (expf for float, within 2 ulp like the CPU's float rows; exp for double).
 // inner == 1: rows up to 1024 long get one warp each and live in its registers between
