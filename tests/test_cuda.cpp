@@ -31,6 +31,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/pool.h"
+#include "kernels/reduce.h"
 #include "kernels/sgd.h"
 #include "kernels/softmax.h"
 #include "tests/test_util.h"
@@ -795,6 +796,27 @@ TEST_P(CudaKernels, ElementwiseMapsAtEveryAlignmentAndLength) {
             EXPECT_MATCHES_CPU(y_d, y, rtol_for(t)) << (in_place ? "in place" : "");
           }
         }
+      });
+    }
+}
+
+// sum_all at every alignment of its input (float reads four elements at a time where x
+// is 16-byte aligned) and every remainder mod 4, on lengths that take several blocks.
+TEST_P(CudaKernels, SumAllAtEveryAlignmentAndLength) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  uint64_t seed = 790;
+  for (int64_t n : {8193, 100000, 100003})
+    for (int64_t off : {0, 1, 2, 3}) {
+      SCOPED_TRACE("n " + std::to_string(n) + " offset " + std::to_string(off));
+      const Tensor a = randn({n + 4}, seed++, t);
+      const Tensor a_d = a.to(kCuda);
+      dispatch_dtype(t, [&](auto tag) {
+        using T = decltype(tag);
+        Tensor y = Tensor::empty({1}, t, kCpu), y_d = Tensor::empty({1}, t, kCuda);
+        y.data<T>()[0] = static_cast<T>(0.5 * static_cast<double>(kernels::sum_all_cpu<T>(a.data<T>() + off, n)));
+        kernels::sum_all_cuda<T>(a_d.data<T>() + off, y_d.data<T>(), T(0.5), n);
+        EXPECT_MATCHES_CPU(y_d, y, rtol_for(t));
       });
     }
 }
