@@ -332,13 +332,14 @@ void bm_relu(benchmark::State& state, bool ours) {
   });
 }
 
-// max_pool2d 3x3 stride 2 on AlexNet's first pooling input at batch 64 ([64, 64, 55, 55]
-// -> [64, 64, 27, 27]). Ours also writes (forward, but for the no_argmax row) or reads
+// max_pool2d 3x3 stride 2 on AlexNet's pooling inputs at batch 64: [64, 64, 55, 55] ->
+// [64, 64, 27, 27] (pool1), [64, 192, 27, 27] -> 13 x 13 (pool2), [64, 256, 13, 13] ->
+// 6 x 6 (pool3). Ours also writes (forward, but for the no_argmax row) or reads
 // (backward) the int64 argmax; cuDNN's backward instead reads x and y to find the maxima
 // again.
-kernels::Pool2dShape pool1_shape() {
+kernels::Pool2dShape alexnet_pool_shape(int64_t C, int64_t H) {
   kernels::Pool2dShape p{};
-  p.N = 64; p.C = 64; p.H = 55; p.W = 55; p.kh = 3; p.kw = 3; p.sh = 2; p.sw = 2; p.ph = 0; p.pw = 0;
+  p.N = 64; p.C = C; p.H = H; p.W = H; p.kh = 3; p.kw = 3; p.sh = 2; p.sw = 2; p.ph = 0; p.pw = 0;
   p.Ho = kernels::pooled_size(p.H, p.kh, p.sh, p.ph, 1, false);
   p.Wo = kernels::pooled_size(p.W, p.kw, p.sw, p.pw, 1, false);
   return p;
@@ -346,9 +347,9 @@ kernels::Pool2dShape pool1_shape() {
 
 // with_argmax false: the forward of a pass without a graph, which writes y alone, as
 // cuDNN's does.
-void bm_max_pool(benchmark::State& state, bool backward, bool ours, bool with_argmax = true) {
+void bm_max_pool(benchmark::State& state, const kernels::Pool2dShape& p, bool backward, bool ours,
+                 bool with_argmax = true) {
   guarded(state, [&] {
-    const kernels::Pool2dShape p = pool1_shape();
     const int64_t nx = p.N * p.C * p.H * p.W, ny = p.N * p.C * p.Ho * p.Wo;
     DeviceArray<float> x(static_cast<std::size_t>(nx)), y(static_cast<std::size_t>(ny));
     DeviceArray<float> gy(static_cast<std::size_t>(ny)), gx(static_cast<std::size_t>(nx));
@@ -568,10 +569,14 @@ void register_all() {
       add(name + (ours ? "/ours" : "/cudnn"), [bm, ours](benchmark::State& st) { bm(st, ours); });
   };
   pair("relu/64x64x55x55", bm_relu);
-  pair("max_pool2d_fwd/64x64x55x55_k3s2", [](benchmark::State& st, bool ours) { bm_max_pool(st, false, ours); });
-  pair("max_pool2d_bwd/64x64x55x55_k3s2", [](benchmark::State& st, bool ours) { bm_max_pool(st, true, ours); });
-  pair("max_pool2d_fwd_no_argmax/64x64x55x55_k3s2",
-       [](benchmark::State& st, bool ours) { bm_max_pool(st, false, ours, false); });
+  for (const auto& [C, H] : {std::pair<int64_t, int64_t>{64, 55}, {192, 27}, {256, 13}}) {
+    const kernels::Pool2dShape p = alexnet_pool_shape(C, H);
+    const std::string shape = "/64x" + std::to_string(C) + "x" + std::to_string(H) + "x" + std::to_string(H) + "_k3s2";
+    pair("max_pool2d_fwd" + shape, [p](benchmark::State& st, bool ours) { bm_max_pool(st, p, false, ours); });
+    pair("max_pool2d_bwd" + shape, [p](benchmark::State& st, bool ours) { bm_max_pool(st, p, true, ours); });
+    pair("max_pool2d_fwd_no_argmax" + shape,
+         [p](benchmark::State& st, bool ours) { bm_max_pool(st, p, false, ours, false); });
+  }
   for (int64_t rows : {128, 8192})
     pair("softmax_fwd/" + std::to_string(rows) + "x1000",
          [rows](benchmark::State& st, bool ours) { bm_softmax(st, rows, ours); });
