@@ -710,10 +710,12 @@ template <typename T>
 // Every transpose combination on odd shapes (1x1x1, single rows and columns, sizes
 // that are not multiples of any tile) with several alpha/beta pairs.
 template <typename T> void expect_gemm_matches_cpu(GemmFn<T> gpu) {
-  // The last three have few output tiles and a long K: the tiled kernel splits K there.
-  const int64_t shapes[][3] = {{1, 1, 1},    {37, 53, 29},    {130, 257, 67}, {1, 300, 17},
-                               {129, 1, 65}, {64, 64, 64},    {3, 70, 2000},  {37, 53, 1500},
-                               {129, 1, 600}};
+  // {3, 70, 2000}, {37, 53, 1500} and {129, 1, 600} have few output tiles and a long K:
+  // the tiled kernel splits K there. Up to 8 rows with B transposed take its warp-per-
+  // column kernel ({1, 1, 1}, {1, 300, 17}, {3, 70, 2000}, {5, 33, 1001}, {8, 40, 77}).
+  const int64_t shapes[][3] = {{1, 1, 1},    {37, 53, 29},   {130, 257, 67}, {1, 300, 17},
+                               {129, 1, 65}, {64, 64, 64},   {3, 70, 2000},  {37, 53, 1500},
+                               {129, 1, 600}, {5, 33, 1001}, {8, 40, 77}};
   const double scales[][2] = {{1.0, 0.0}, {0.7, -0.3}, {-1.25, 1.0}};
   uint64_t seed = 400;
   for (bool ta : {false, true})
@@ -731,9 +733,9 @@ template <typename T> void expect_gemm_matches_cpu(GemmFn<T> gpu) {
       EXPECT_TRUE(gemm_matches_cpu<T>(gpu, c, true, seed += 3)) << "NaN in C, beta 0: trans_a " << ta << " trans_b "
                                                                  << tb;
     }
-  // Aligned rows: FC-like shapes (a batch of 8 or 64 rows, K split by the tiled kernel)
-  // and a square one, through the 16-byte loads and stores.
-  const int64_t aligned[][3] = {{8, 64, 2048}, {64, 256, 1024}, {128, 128, 64}};
+  // Aligned rows: FC-like shapes (a batch of 1, 8 or 64 rows; K split by the tiled
+  // kernel, or a warp per column) and a square one, through the 16-byte loads and stores.
+  const int64_t aligned[][3] = {{1, 1000, 4096}, {8, 64, 2048}, {64, 256, 1024}, {128, 128, 64}};
   for (bool ta : {false, true})
     for (bool tb : {false, true})
       for (const auto& mnk : aligned)

@@ -21,7 +21,8 @@
 // 8 through double-buffered shared memory; see gemm_tiled_kernel. Products with fewer
 // tiles than the GPU has multiprocessors (the FC layers' M = batch) split K as well: each
 // split writes its partial product to a workspace and a second kernel adds them in a
-// fixed order (deterministic), then beta * C.
+// fixed order (deterministic), then beta * C. With at most 8 rows of A and B transposed
+// (linear's forward at batch <= 8), a warp per output column instead: gemm_small_m_nt_kernel.
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -401,6 +402,78 @@ void launch_tiled(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t 
   }
 }
 
+// ---- few rows, B transposed: the FC layers at batch <= 8 ------------------------------------
+
+constexpr int64_t kSmallM = 8;
+
+// C[m, n] = alpha * sum_k A[m, k] * B[n, k] + beta * C[m, n] for M <= kSmallM (A stored
+// [M, K], B stored [N, K]: linear's forward). Memory-bound on B, which a tile kernel
+// would read for 128 rows of which M are real: one warp per output column n, its lanes
+// striding over the row B[n, :] (16-byte loads where vec: A and B 16-byte aligned, lda
+// and ldb multiples of V) with one accumulator per row of A; the warp then sums each
+// accumulator in a fixed butterfly order. A's rows are read by every warp, from cache.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    gemm_small_m_nt_kernel(int M, int N, int K, T alpha, const T* __restrict__ A, int64_t lda,
+                           const T* __restrict__ B, int64_t ldb, T beta, T* __restrict__ C, int64_t ldc, bool vec) {
+  constexpr int V = TileShape<T>::V;
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5);
+  for (int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); n < N; n += warps) {
+    const T* b = B + n * ldb;
+    T acc[kSmallM];
+#pragma unroll
+    for (int m = 0; m < kSmallM; ++m) acc[m] = T(0);
+    int k_done = 0;
+    if (vec) {
+      const int kv = K / V;
+#pragma unroll 4
+      for (int j = lane; j < kv; j += 32) {
+        T bv[V];
+        load_vec16<T, V>(b + j * V, bv);
+#pragma unroll
+        for (int m = 0; m < kSmallM; ++m)
+          if (m < M) {
+            T av[V];
+            load_vec16<T, V>(A + m * lda + j * V, av);
+#pragma unroll
+            for (int i = 0; i < V; ++i) acc[m] = fma(av[i], bv[i], acc[m]);
+          }
+      }
+      k_done = kv * V;
+    }
+    for (int k = k_done + lane; k < K; k += 32) {
+      const T bk = b[k];
+#pragma unroll
+      for (int m = 0; m < kSmallM; ++m)
+        if (m < M) acc[m] = fma(A[m * lda + k], bk, acc[m]);
+    }
+#pragma unroll
+    for (int m = 0; m < kSmallM; ++m) {
+      if (m >= M) break;
+      T v = acc[m];
+      for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      if (lane == 0) {
+        T& c = C[m * ldc + n];
+        c = beta != T(0) ? fma(beta, c, alpha * v) : alpha * v;
+      }
+    }
+  }
+}
+
+template <typename T>
+void launch_small_m_nt(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B, int64_t ldb,
+                       T beta, T* C, int64_t ldc) {
+  constexpr int V = TileShape<T>::V;
+  const bool vec = cuda::aligned16(A) && cuda::aligned16(B) && lda % V == 0 && ldb % V == 0;
+  const int64_t warps_per_block = kThreads / 32;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((N + warps_per_block - 1) / warps_per_block, 65535 * 16));
+  gemm_small_m_nt_kernel<T><<<blocks, kThreads, 0, cuda::stream()>>>(static_cast<int>(M), static_cast<int>(N),
+                                                                      static_cast<int>(K), alpha, A, lda, B, ldb, beta,
+                                                                      C, ldc, vec);
+  CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 void set_cuda_allow_tf32(bool allow) { g_allow_tf32.store(allow); }
@@ -421,7 +494,9 @@ void gemm_tiled_cuda(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K
     else
       launch_tiled<T, true, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   } else {
-    if (trans_b)
+    if (trans_b && M <= kSmallM)
+      launch_small_m_nt<T>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else if (trans_b)
       launch_tiled<T, false, true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     else
       launch_tiled<T, false, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
