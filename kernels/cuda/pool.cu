@@ -318,46 +318,50 @@ void max_pool2d_backward_cuda(const T* gy, const int64_t* argmax, T* gx, const P
                   max_pool2d_backward_flat<T>, gy, argmax, gx);
 }
 
-// The kernels' per-thread code, run on the host for every thread that a launch would
-// start: the packed kernels' over all elements of rows x cols planes, f(plane, row, col,
-// whether the 3x3 stride-2 instance applies), with their index arithmetic; or the flat
-// kernels' over all elements.
-template <typename F> void packed_threads_on_host(const Pool2dShape& s, const char* what, int64_t rows, int64_t cols, F f) {
+// The kernels' per-thread code, run on the host for every thread that a launch over
+// rows x cols planes would start: the flat kernels' flat_at(k) for every element k, or
+// the packed kernels' packed_at(plane, row, col, whether the 3x3 stride-2 instance
+// applies), with their index arithmetic.
+template <typename FlatAt, typename PackedAt>
+void threads_on_host(const Pool2dShape& s, const char* what, int64_t rows, int64_t cols, bool flat, FlatAt flat_at,
+                     PackedAt packed_at) {
+  const int64_t total = s.N * s.C * rows * cols;
+  if (flat) {
+    for (int64_t k = 0; k < total; ++k) flat_at(k);
+    return;
+  }
   if (!packed_pool(s)) throw std::invalid_argument(std::string(what) + ": shape beyond the packed kernels");
   const bool k3s2 = window3_stride2(s);
   const PackedIndex ix = packed_index(rows, cols);
-  const unsigned total = static_cast<unsigned>(s.N * s.C * rows * cols);
-  for (unsigned k = 0; k < total; ++k) {
+  for (unsigned k = 0; k < static_cast<unsigned>(total); ++k) {
     int pl, r, c;
     ix.split(k, pl, r, c);
-    f(pl, r, c, k3s2);
+    packed_at(pl, r, c, k3s2);
   }
 }
 
 template <typename T>
 void max_pool2d_forward_cuda_on_host(const T* x, T* y, int64_t* argmax, const Pool2dShape& s, bool flat) {
-  if (flat) {
-    for (int64_t k = 0; k < s.N * s.C * s.Ho * s.Wo; ++k) max_pool_forward_flat_at(x, y, argmax, s, k);
-    return;
-  }
   const PoolGeom g = geom(s);
-  packed_threads_on_host(s, "max_pool2d_forward_cuda_on_host", s.Ho, s.Wo, [&](int pl, int oh, int ow, bool k3s2) {
-    if (k3s2) max_pool_forward_at<T, 3, 2>(x, y, argmax, pl, oh, ow, g);
-    else max_pool_forward_at<T, 0, 0>(x, y, argmax, pl, oh, ow, g);
-  });
+  threads_on_host(
+      s, "max_pool2d_forward_cuda_on_host", s.Ho, s.Wo, flat,
+      [&](int64_t k) { max_pool_forward_flat_at(x, y, argmax, s, k); },
+      [&](int pl, int oh, int ow, bool k3s2) {
+        if (k3s2) max_pool_forward_at<T, 3, 2>(x, y, argmax, pl, oh, ow, g);
+        else max_pool_forward_at<T, 0, 0>(x, y, argmax, pl, oh, ow, g);
+      });
 }
 
 template <typename T>
 void max_pool2d_backward_cuda_on_host(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s, bool flat) {
-  if (flat) {
-    for (int64_t k = 0; k < s.N * s.C * s.H * s.W; ++k) max_pool_backward_flat_at(gy, argmax, gx, s, k);
-    return;
-  }
   const PoolGeom g = geom(s);
-  packed_threads_on_host(s, "max_pool2d_backward_cuda_on_host", s.H, s.W, [&](int pl, int ih, int iw, bool k3s2) {
-    if (k3s2) max_pool_backward_at<T, 3, 2>(gy, argmax, gx, pl, ih, iw, g);
-    else max_pool_backward_at<T, 0, 0>(gy, argmax, gx, pl, ih, iw, g);
-  });
+  threads_on_host(
+      s, "max_pool2d_backward_cuda_on_host", s.H, s.W, flat,
+      [&](int64_t k) { max_pool_backward_flat_at(gy, argmax, gx, s, k); },
+      [&](int pl, int ih, int iw, bool k3s2) {
+        if (k3s2) max_pool_backward_at<T, 3, 2>(gy, argmax, gx, pl, ih, iw, g);
+        else max_pool_backward_at<T, 0, 0>(gy, argmax, gx, pl, ih, iw, g);
+      });
 }
 
 template <typename T>
