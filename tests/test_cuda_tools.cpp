@@ -5,17 +5,13 @@
 // tolerances allow for their different orders of summation. Every test skips without a
 // CUDA device.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -24,6 +20,7 @@
 #include "kernels/cuda_runtime.h"
 #include "tests/random_alexnet.h"
 #include "tests/test_util.h"
+#include "tests/tool_run.h"
 
 using namespace engine;
 namespace fs = std::filesystem;
@@ -41,32 +38,12 @@ std::string bin_dir() {
   return fs::path(std::string(buf.data(), static_cast<size_t>(n))).parent_path().string();
 }
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-struct ToolRun {
-  int status;
-  std::string out, err;
-};
+using testing_util::json_lines;
+using testing_util::slurp;
+using testing_util::ToolRun;
 
 ToolRun run_tool(const std::string& tool, const std::string& args) {
-  const std::string dir = testing_util::temp_dir();
-  const std::string cmd = "OMP_WAIT_POLICY=passive " + bin_dir() + "/" + tool + " " + args + " > " + dir + "/out 2> " +
-                          dir + "/err";
-  const int rc = std::system(cmd.c_str());
-  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(dir + "/out"), slurp(dir + "/err")};
-}
-
-std::vector<nlohmann::json> json_lines(const std::string& text) {
-  std::vector<nlohmann::json> v;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) v.push_back(nlohmann::json::parse(line));
-  return v;
+  return testing_util::run_tool_in(bin_dir(), tool, args);
 }
 
 // Made once per process (CTest runs each test in its own).

@@ -28,6 +28,7 @@
 #include "nets/zoo.h"
 #include "tests/random_alexnet.h"
 #include "tests/test_util.h"
+#include "tests/tool_run.h"
 #include "tools/finetune_lib.h"
 
 namespace fs = std::filesystem;
@@ -35,29 +36,12 @@ using namespace engine;
 
 namespace {
 
-struct ToolRun {
-  int status;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& p) {
-  std::ifstream f(p);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
-// The tools run with OpenMP's passive wait policy: CTest runs suites side by side on
-// two cores, where spinning OpenMP threads slow every process down several times. The
-// results do not depend on it.
-const std::string kToolEnv = "OMP_WAIT_POLICY=passive ";
+using testing_util::kToolEnv;
+using testing_util::slurp;
+using testing_util::ToolRun;
 
 ToolRun run_tool(const std::string& tool, const std::string& args) {
-  const std::string dir = testing_util::temp_dir();
-  const std::string cmd =
-      kToolEnv + std::string(ENGINE_BIN_DIR) + "/" + tool + " " + args + " > " + dir + "/out 2> " + dir + "/err";
-  const int rc = std::system(cmd.c_str());
-  return {rc == -1 ? -1 : WEXITSTATUS(rc), slurp(dir + "/out"), slurp(dir + "/err")};
+  return testing_util::run_tool_in(ENGINE_BIN_DIR, tool, args);
 }
 
 ToolRun run_finetune(const std::string& args) { return run_tool("finetune", "--device cpu " + args); }

@@ -11,36 +11,18 @@
 #include "engine/io/image.h"
 #include "engine/io/npy.h"
 #include "tests/test_util.h"
+#include "tests/tool_run.h"
 
 namespace fs = std::filesystem;
 using namespace engine;
 
 namespace {
 
-struct ToolRun {
-  int status;
-  std::string out, err;
-};
+using testing_util::json_lines;
+using testing_util::ToolRun;
 
 ToolRun run_tool(const std::string& tool, const std::string& args) {
-  const std::string dir = testing_util::temp_dir();
-  const std::string cmd = std::string(ENGINE_BIN_DIR) + "/" + tool + " " + args + " > " + dir + "/out 2> " + dir + "/err";
-  const int rc = std::system(cmd.c_str());
-  auto slurp = [](const std::string& p) {
-    std::ifstream f(p);
-    std::stringstream s;
-    s << f.rdbuf();
-    return s.str();
-  };
-  return {rc == -1 ? -1 : WEXITSTATUS(rc), slurp(dir + "/out"), slurp(dir + "/err")};
-}
-
-std::vector<nlohmann::json> json_lines(const std::string& s) {
-  std::vector<nlohmann::json> out;
-  std::istringstream in(s);
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
-  return out;
+  return testing_util::run_tool_in(ENGINE_BIN_DIR, tool, args);
 }
 
 }  // namespace
