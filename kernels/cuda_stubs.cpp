@@ -93,6 +93,11 @@ void gemm_tiled_cuda(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t
                      int64_t) {
   no_cuda();
 }
+template <typename T>
+void gemm_tiled_cuda_on_host(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, int64_t, T, T*,
+                             int64_t, int) {
+  no_cuda();
+}
 
 template <typename T> void conv2d_forward_cudnn(const T*, const T*, const T*, T*, const Conv2dShape&) { no_cuda(); }
 template <typename T>
@@ -142,6 +147,8 @@ void conv2d_forward_im2col_cuda(const T*, const T*, const T*, T*, const Conv2dSh
                              int64_t, T, T*, int64_t);                                              \
   template void gemm_tiled_cuda<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t,     \
                                    const T*, int64_t, T, T*, int64_t);                              \
+  template void gemm_tiled_cuda_on_host<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*,      \
+                                           int64_t, const T*, int64_t, T, T*, int64_t, int);        \
   template void conv2d_forward_cudnn<T>(const T*, const T*, const T*, T*, const Conv2dShape&);      \
   template void conv2d_backward_cudnn<T>(const T*, const T*, const T*, T*, T*, T*,                  \
                                          const Conv2dShape&);                                       \

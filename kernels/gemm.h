@@ -35,6 +35,13 @@ void gemm_cuda(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T al
 template <typename T>
 void gemm_tiled_cuda(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
                      const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
+// The tiled kernels' own code (gemm_tiled_cuda's launch plan, blocks and warps) run on
+// host threads, on host pointers, as on a GPU with `multiprocessors` multiprocessors
+// (which decides where K is split): for tests on machines without a GPU. Slow; builds
+// without CUDA throw.
+template <typename T>
+void gemm_tiled_cuda_on_host(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                             int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, int multiprocessors);
 void set_cuda_allow_tf32(bool allow);
 bool cuda_allow_tf32();
 

@@ -670,8 +670,8 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, CudaKernels, ::testing::Values(DType::F32, DTyp
 namespace {
 
 template <typename T>
-using GemmFn = void (*)(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, int64_t, T, T*,
-                        int64_t);
+using GemmFn = std::function<void(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, int64_t, T,
+                                  T*, int64_t)>;
 
 struct GemmCase {
   bool ta, tb;
@@ -679,14 +679,14 @@ struct GemmCase {
   double alpha, beta;
 };
 
-// One GEMM on the GPU against gemm_cpu on the host, on the same operands stored with
-// leading dimensions `pad` larger than their rows (3 by default: the padding of C must
-// survive, and rows are not 16-byte aligned; 0 with sizes that are multiples of 4: every
-// row is, and the kernels take their vector paths). With nan_c the M x N block of the
-// device's C starts as NaN: with beta 0, C is write-only.
+// One GEMM on the GPU (or, with on_host, the GPU code on host threads) against gemm_cpu,
+// on the same operands stored with leading dimensions `pad` larger than their rows (3 by
+// default: the padding of C must survive, and rows are not 16-byte aligned; 0 with sizes
+// that are multiples of 4: every row is, and the kernels take their vector paths). With
+// nan_c the M x N block of the device's C starts as NaN: with beta 0, C is write-only.
 template <typename T>
-::testing::AssertionResult gemm_matches_cpu(GemmFn<T> gpu, const GemmCase& c, bool nan_c, uint64_t seed,
-                                            int64_t pad = 3) {
+::testing::AssertionResult gemm_matches_cpu(const GemmFn<T>& gpu, const GemmCase& c, bool nan_c, uint64_t seed,
+                                            int64_t pad = 3, bool on_host = false) {
   const DType dt = dtype_of<T>::value;
   const int64_t a_rows = c.ta ? c.K : c.M, a_cols = c.ta ? c.M : c.K;
   const int64_t b_rows = c.tb ? c.N : c.K, b_cols = c.tb ? c.K : c.N;
@@ -699,11 +699,14 @@ template <typename T>
     for (int64_t i = 0; i < c.M; ++i)
       for (int64_t j = 0; j < c.N; ++j) p[i * ldc + j] = std::numeric_limits<T>::quiet_NaN();
   }
-  const Tensor Ad = A.to(kCuda), Bd = B.to(kCuda);
-  Tensor Cd = C_start.to(kCuda);
+  const Device dev = on_host ? kCpu : kCuda;
+  const Tensor Ad = A.to(dev), Bd = B.to(dev);
+  Tensor Cd = C_start.to(dev);
+  if (on_host) Cd = Cd.clone();  // not C_start's storage
   kernels::gemm_cpu<T>(c.ta, c.tb, c.M, c.N, c.K, T(c.alpha), A.data<T>(), lda, B.data<T>(), ldb, T(c.beta),
                        C.data<T>(), ldc);
   gpu(c.ta, c.tb, c.M, c.N, c.K, T(c.alpha), Ad.data<T>(), lda, Bd.data<T>(), ldb, T(c.beta), Cd.data<T>(), ldc);
+  if (on_host) return testing_util::all_close(Cd, C, rtol_for(dt), rtol_for(dt) * max_abs(C));
   return matches_cpu(Cd, C, rtol_for(dt));
 }
 
@@ -838,6 +841,65 @@ TEST_P(CudaKernels, GemmTiledMatchesCpu) {
     using T = decltype(tag);
     expect_gemm_matches_cpu<T>(&kernels::gemm_tiled_cuda<T>);
   });
+}
+
+// The tiled GEMM's own code on host threads (gemm_tiled_cuda_on_host: 256 threads per
+// block with real barriers, 32 per warp with the shuffles' butterfly) against gemm_cpu,
+// through every path of gemm_tiled_cuda: tiles with ragged edges and unaligned rows
+// (element loads), K split unevenly across the grid and the splits added (the given
+// multiprocessor count decides the split: 8 splits these shapes, 1 never does), a warp
+// per column for few rows with B transposed, 16-byte loads and stores on aligned rows,
+// beta 0 over NaN, alpha 0 and K 0. Runs in every build with CUDA, GPU or not.
+TEST(CudaKernelsOnHost, TiledGemmCodeMatchesCpu) {
+#if !ENGINE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA: no kernel code to run";
+#else
+  struct Shape {
+    int64_t M, N, K, pad;
+    const char* what;
+  };
+  const Shape shapes[] = {
+      {37, 53, 29, 3, "one ragged tile"},
+      {130, 257, 67, 3, "several ragged tiles"},
+      {37, 53, 800, 3, "K split 3 ways, the last split shorter"},
+      {3, 20, 1001, 3, "3 rows: a warp per column when B is transposed"},
+      {64, 132, 520, 0, "aligned, K split 2 ways, a ragged tile"},
+      {8, 16, 1024, 0, "aligned, 8 rows: a warp per column with 16-byte loads"},
+      {128, 128, 64, 0, "aligned full tiles"},
+  };
+  auto run_with = [](auto tag, int sms) {
+    using T = decltype(tag);
+    return GemmFn<T>([sms](bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+                           const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+      kernels::gemm_tiled_cuda_on_host<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, sms);
+    });
+  };
+  uint64_t seed = 900;
+  auto check_both = [&](bool ta, bool tb, const Shape& s, double alpha, double beta, bool nan_c, int sms) {
+    const GemmCase c{ta, tb, s.M, s.N, s.K, alpha, beta};
+    EXPECT_TRUE(gemm_matches_cpu<float>(run_with(float(), sms), c, nan_c, seed += 3, s.pad, true))
+        << "float: " << s.what << ", M " << s.M << " N " << s.N << " K " << s.K << ", trans_a " << ta << " trans_b "
+        << tb << ", alpha " << alpha << " beta " << beta << (nan_c ? " over NaN" : "") << ", " << sms
+        << " multiprocessors";
+    EXPECT_TRUE(gemm_matches_cpu<double>(run_with(double(), sms), c, nan_c, seed += 3, s.pad, true))
+        << "double: " << s.what << ", M " << s.M << " N " << s.N << " K " << s.K << ", trans_a " << ta
+        << " trans_b " << tb << ", alpha " << alpha << " beta " << beta << (nan_c ? " over NaN" : "") << ", " << sms
+        << " multiprocessors";
+  };
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      for (const Shape& s : shapes) check_both(ta, tb, s, 0.7, -0.3, false, 8);
+      check_both(ta, tb, shapes[2], 1.0, 0.0, true, 8);    // split, beta 0: C never read
+      check_both(ta, tb, shapes[2], -1.25, 1.0, false, 1);  // the same shape unsplit
+      check_both(ta, tb, shapes[0], 1.5, 0.0, true, 8);
+      check_both(ta, tb, shapes[3], 1.0, 0.0, true, 8);
+      check_both(ta, tb, {5, 7, 3, 3, "alpha 0"}, 0.0, -0.3, false, 8);
+      check_both(ta, tb, {5, 7, 0, 3, "K 0"}, 1.0, 0.5, false, 8);
+    }
+  float x = 1;
+  EXPECT_THROW(kernels::gemm_tiled_cuda_on_host<float>(false, false, 1, 1, 1, 1.f, &x, 1, &x, 1, 0.f, &x, 1, 0),
+               std::invalid_argument);
+#endif
 }
 
 // im2col only copies: exact, including the zeros of the padding; the columns between

@@ -23,6 +23,11 @@
 // split writes its partial product to a workspace and a second kernel adds them in a
 // fixed order (deterministic), then beta * C. With at most 8 rows of A and B transposed
 // (linear's forward at batch <= 8), a warp per output column instead: gemm_small_m_nt_kernel.
+//
+// The kernels' per-thread code is __host__ __device__, written against the block or warp
+// it runs in (DeviceBlock and DeviceWarp here; cuda::HostBlock and cuda::HostWarp on host
+// threads), so gemm_tiled_cuda_on_host runs the same code, launch plan included, on the
+// CPU: the tests check it in builds on machines without a GPU.
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -32,8 +37,10 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/host_threads.h"
 #include "kernels/cuda_runtime.h"
 #include "kernels/gemm.h"
 
@@ -67,16 +74,53 @@ void check_int_args(const char* fn, int64_t M, int64_t N, int64_t K, int64_t lda
                                ", ldc=" + std::to_string(ldc) + ")");
 }
 
+// f(idx) for idx in [0, n): a grid-stride launch, or a loop on the host.
+template <bool kHost, typename F> void for_each_index(int64_t n, F f) {
+  if constexpr (kHost) {
+    for (int64_t i = 0; i < n; ++i) f(i);
+  } else {
+    cuda::parallel_for(n, f);
+  }
+}
+
 // C = beta * C (the K == 0 or alpha == 0 product); beta == 0 writes zeros without reading C.
-template <typename T> void scale_c(int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
+template <bool kHost, typename T> void scale_c(int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
   if (beta == T(1)) return;
-  if (beta == T(0))
-    cuda::parallel_for(M * N, [=] __device__(int64_t idx) { C[(idx / N) * ldc + idx % N] = T(0); });
-  else
-    cuda::parallel_for(M * N, [=] __device__(int64_t idx) {
-      T& c = C[(idx / N) * ldc + idx % N];
-      c = beta * c;
-    });
+  for_each_index<kHost>(M * N, [=] __host__ __device__(int64_t idx) {
+    T& c = C[(idx / N) * ldc + idx % N];
+    c = beta == T(0) ? T(0) : beta * c;
+  });
+}
+
+// The block or warp that runs the kernels' code on the device; cuda::HostBlock and
+// cuda::HostWarp stand in for them on host threads.
+struct DeviceBlock {
+  __device__ __forceinline__ int tid() const { return static_cast<int>(threadIdx.x); }
+  __device__ __forceinline__ unsigned block_x() const { return blockIdx.x; }
+  __device__ __forceinline__ unsigned block_y() const { return blockIdx.y; }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
+};
+
+struct DeviceWarp {
+  int lane;
+  __device__ __forceinline__ int64_t rank() const { return lane; }
+  // Every lane gets the sum, combined in butterfly order (lane l takes lane l ^ 16 first).
+  template <typename A> __device__ __forceinline__ A sum(A v) const {
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+  }
+};
+
+__host__ __device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
+
+// A read through the read-only data cache (__ldg) on the device; a plain load on the host.
+// T: float, double or a 16-byte vector of them.
+template <typename T> __host__ __device__ __forceinline__ T load_ro(const T* p) {
+#ifdef __CUDA_ARCH__
+  return __ldg(p);
+#else
+  return *p;
+#endif
 }
 
 // ---- the tiled kernel ---------------------------------------------------------------------
@@ -100,10 +144,10 @@ template <typename T> struct TileShape {
 // The first `avail` of p[0..V) are in range (avail may be <= 0 or >= V); the rest read as 0.
 // vec: p is 16-byte aligned whenever it is a tile-aligned address of its matrix.
 template <typename T, int V>
-__device__ __forceinline__ void load_global(const T* __restrict__ p, int avail, bool vec, T (&r)[V]) {
+__host__ __device__ __forceinline__ void load_global(const T* __restrict__ p, int avail, bool vec, T (&r)[V]) {
   using Vec = typename VecOf<T>::type;
   if (vec && avail >= V) {
-    const Vec v = __ldg(reinterpret_cast<const Vec*>(p));
+    const Vec v = load_ro(reinterpret_cast<const Vec*>(p));
     if constexpr (V == 4) {
       r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
     } else {
@@ -111,11 +155,11 @@ __device__ __forceinline__ void load_global(const T* __restrict__ p, int avail, 
     }
   } else {
 #pragma unroll
-    for (int i = 0; i < V; ++i) r[i] = i < avail ? __ldg(p + i) : T(0);
+    for (int i = 0; i < V; ++i) r[i] = i < avail ? load_ro(p + i) : T(0);
   }
 }
 
-template <typename T, int V> __device__ __forceinline__ void store_shared_vec(T* dst, const T (&r)[V]) {
+template <typename T, int V> __host__ __device__ __forceinline__ void store_shared_vec(T* dst, const T (&r)[V]) {
   using Vec = typename VecOf<T>::type;
   if constexpr (V == 4)
     *reinterpret_cast<Vec*>(dst) = make_float4(r[0], r[1], r[2], r[3]);
@@ -124,7 +168,7 @@ template <typename T, int V> __device__ __forceinline__ void store_shared_vec(T*
 }
 
 // A 16-byte load from shared or global memory; src must be 16-byte aligned.
-template <typename T, int V> __device__ __forceinline__ void load_vec16(const T* src, T* r) {
+template <typename T, int V> __host__ __device__ __forceinline__ void load_vec16(const T* src, T* r) {
   using Vec = typename VecOf<T>::type;
   const Vec v = *reinterpret_cast<const Vec*>(src);
   if constexpr (V == 4) {
@@ -154,38 +198,41 @@ template <typename T, int V> __device__ __forceinline__ void load_vec16(const T*
 //     is kept) and writes C + y * c_split_stride. Its registers are held at 128, two
 //     blocks per multiprocessor, which the bookkeeping would otherwise push past;
 //     gemm_tiled_kernel is the block without it.
-// Assumes blockDim.x == kThreads and a grid of ceil(M/BM) * ceil(N/BN) (x splits)
-// blocks, with M, N, K < 2^31; offsets into A, B, C are 64-bit.
-template <typename T, bool TA, bool TB, bool kSplit>
-__device__ __forceinline__ void gemm_tiled_block(int M, int N, int K, T alpha, const T* __restrict__ A, int64_t lda,
-                                                 const T* __restrict__ B, int64_t ldb, T beta, T* __restrict__ C,
-                                                 int64_t ldc, bool vec_a, bool vec_b, bool vec_c, int k_chunk,
-                                                 int64_t c_split_stride) {
+// Assumes kThreads threads per block and a grid of ceil(M/BM) * ceil(N/BN) (x splits)
+// blocks, with M, N, K < 2^31; offsets into A, B, C are 64-bit. G: the block
+// (DeviceBlock, cuda::HostBlock); As and Bs its shared memory, 16-byte aligned.
+template <typename T> using StageTiles = T[2][kBK][TileShape<T>::LD];
+
+#pragma nv_exec_check_disable
+template <typename T, bool TA, bool TB, bool kSplit, typename G>
+__host__ __device__ __forceinline__ void gemm_tiled_block(int M, int N, int K, T alpha, const T* __restrict__ A,
+                                                          int64_t lda, const T* __restrict__ B, int64_t ldb, T beta,
+                                                          T* __restrict__ C, int64_t ldc, bool vec_a, bool vec_b,
+                                                          bool vec_c, int k_chunk, int64_t c_split_stride,
+                                                          StageTiles<T>& As, StageTiles<T>& Bs, const G& g) {
   using S = TileShape<T>;
   if constexpr (kSplit) {
-    const int k_begin = static_cast<int>(blockIdx.y) * k_chunk;  // < K
-    K = min(k_chunk, K - k_begin);
+    const int k_begin = static_cast<int>(g.block_y()) * k_chunk;  // < K
+    K = min_int(k_chunk, K - k_begin);
     A += TA ? static_cast<int64_t>(k_begin) * lda : k_begin;
     B += TB ? k_begin : static_cast<int64_t>(k_begin) * ldb;
-    C += static_cast<int64_t>(blockIdx.y) * c_split_stride;
+    C += static_cast<int64_t>(g.block_y()) * c_split_stride;
   }
-  constexpr int V = S::V, BM = S::BM, BN = S::BN, LD = S::LD;
-  __shared__ __align__(16) T As[2][kBK][LD];
-  __shared__ __align__(16) T Bs[2][kBK][LD];
+  constexpr int V = S::V, BM = S::BM, BN = S::BN;
 
   // Swizzled tile order: consecutive blocks walk down kGroupM tile rows before moving right,
   // so the blocks resident at one time share their A and B tiles in L2.
   const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN;
-  const int pid = static_cast<int>(blockIdx.x);
+  const int pid = static_cast<int>(g.block_x());
   const int group_size = kGroupM * tiles_n;
   const int first_m = (pid / group_size) * kGroupM;
-  const int group_rows = min(tiles_m - first_m, kGroupM);
+  const int group_rows = min_int(tiles_m - first_m, kGroupM);
   const int bm = (first_m + (pid % group_size) % group_rows) * BM;
   const int bn = ((pid % group_size) / group_rows) * BN;
   const int rows_left = M - bm;  // > 0; written as differences so nothing overflows int
   const int cols_left = N - bn;
 
-  const int tid = static_cast<int>(threadIdx.x);
+  const int tid = g.tid();
   const int warp = tid >> 5, lane = tid & 31;
   const int tm = (warp >> 1) * 4 + (lane >> 3);  // 0..15
   const int tn = (warp & 1) * 8 + (lane & 7);    // 0..15
@@ -247,7 +294,7 @@ __device__ __forceinline__ void gemm_tiled_block(int M, int N, int K, T alpha, c
   const int k_tiles = (K + kBK - 1) / kBK;
   load_tile(0);
   store_tile(0);
-  __syncthreads();
+  g.sync();
   for (int kt = 0; kt < k_tiles; ++kt) {
     const int cur = kt & 1;
     const bool more = kt + 1 < k_tiles;
@@ -266,7 +313,7 @@ __device__ __forceinline__ void gemm_tiled_block(int M, int N, int K, T alpha, c
     }
     // Stage cur^1 was last read before the previous iteration's barrier: safe to refill.
     if (more) store_tile(cur ^ 1);
-    __syncthreads();
+    g.sync();
   }
 
   // Epilogue: C = alpha * acc + beta * C; beta == 0 never reads C (BLAS: NaN there is ignored).
@@ -311,7 +358,10 @@ template <typename T, bool TA, bool TB>
 __global__ void __launch_bounds__(kThreads)
     gemm_tiled_kernel(int M, int N, int K, T alpha, const T* __restrict__ A, int64_t lda, const T* __restrict__ B,
                       int64_t ldb, T beta, T* __restrict__ C, int64_t ldc, bool vec_a, bool vec_b, bool vec_c) {
-  gemm_tiled_block<T, TA, TB, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, vec_a, vec_b, vec_c, 0, 0);
+  __shared__ __align__(16) StageTiles<T> As;
+  __shared__ __align__(16) StageTiles<T> Bs;
+  gemm_tiled_block<T, TA, TB, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, vec_a, vec_b, vec_c, 0, 0, As, Bs,
+                                     DeviceBlock{});
 }
 
 template <typename T, bool TA, bool TB>
@@ -319,8 +369,10 @@ __global__ void __launch_bounds__(kThreads, 2)
     gemm_tiled_split_kernel(int M, int N, int K, T alpha, const T* __restrict__ A, int64_t lda,
                             const T* __restrict__ B, int64_t ldb, T* __restrict__ W, bool vec_a, bool vec_b,
                             bool vec_w, int k_chunk) {
+  __shared__ __align__(16) StageTiles<T> As;
+  __shared__ __align__(16) StageTiles<T> Bs;
   gemm_tiled_block<T, TA, TB, true>(M, N, K, alpha, A, lda, B, ldb, T(0), W, N, vec_a, vec_b, vec_w, k_chunk,
-                                    static_cast<int64_t>(M) * N);
+                                    static_cast<int64_t>(M) * N, As, Bs, DeviceBlock{});
 }
 
 // The GPU's multiprocessor count (the current device's, read once).
@@ -339,17 +391,16 @@ constexpr int64_t kMaxSplits = 16;
 
 // How many ways to split K: enough that the tiles times the splits fill about two
 // blocks per multiprocessor, when the tiles alone leave some idle.
-int64_t k_splits(int64_t tiles, int64_t K) {
-  const int64_t sms = multiprocessors();
+int64_t k_splits(int64_t tiles, int64_t K, int64_t sms) {
   if (tiles >= sms) return 1;
   return std::max<int64_t>(1, std::min({2 * sms / tiles, K / kMinSplitK, kMaxSplits}));
 }
 
 // C[m, n] = sum over s of W[s][m, n] (W: splits x M x N, in that order) + beta * C[m, n];
 // beta == 0 does not read C.
-template <typename T>
+template <bool kHost, typename T>
 void add_splits(const T* W, int64_t splits, int64_t M, int64_t N, T beta, T* C, int64_t ldc) {
-  cuda::parallel_for(M * N, [=] __device__(int64_t idx) {
+  for_each_index<kHost>(M * N, [=] __host__ __device__(int64_t idx) {
     T acc = W[idx];
     for (int64_t s = 1; s < splits; ++s) acc += W[s * M * N + idx];
     T& c = C[(idx / N) * ldc + idx % N];
@@ -357,35 +408,75 @@ void add_splits(const T* W, int64_t splits, int64_t M, int64_t N, T beta, T* C, 
   });
 }
 
-template <typename T, bool TA, bool TB>
+// The split products' workspace: device memory, or host memory for kHost.
+template <bool kHost, typename T> class Workspace {
+ public:
+  explicit Workspace(int64_t n) {
+    if constexpr (kHost) {
+      host_.resize(static_cast<std::size_t>(n));
+      p_ = host_.data();
+    } else {
+      p_ = static_cast<T*>(cuda::malloc_device(static_cast<std::size_t>(n) * sizeof(T)));
+    }
+  }
+  // Freed while the kernels may still run: the caching allocator hands the block out
+  // again only to work queued after them on the same stream.
+  ~Workspace() {
+    if constexpr (!kHost) cuda::free_device(p_);
+  }
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  T* get() const { return p_; }
+
+ private:
+  T* p_ = nullptr;
+  std::vector<T> host_;
+};
+
+// The tiled kernels over the grid: launched on the engine's stream, or (kHost) run
+// block after block on kThreads host threads.
+// The arguments are gemm_tiled_block's; with kSplit, C is the workspace (beta 0, ldc N,
+// c_split_stride M * N, as gemm_tiled_split_kernel sets them).
+template <bool kHost, typename T, bool TA, bool TB, bool kSplit>
+void run_tiled(dim3 grid, int M, int N, int K, T alpha, const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C,
+               int64_t ldc, bool vec_a, bool vec_b, bool vec_c, int k_chunk, int64_t c_split_stride) {
+  if constexpr (kHost) {
+    alignas(16) StageTiles<T> As, Bs;
+    cuda::on_host_grid(grid.x, grid.y, kThreads, [&](const cuda::HostBlock& b) {
+      gemm_tiled_block<T, TA, TB, kSplit>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, vec_a, vec_b, vec_c, k_chunk,
+                                          c_split_stride, As, Bs, b);
+    });
+  } else {
+    if constexpr (kSplit)
+      gemm_tiled_split_kernel<T, TA, TB>
+          <<<grid, kThreads, 0, cuda::stream()>>>(M, N, K, alpha, A, lda, B, ldb, C, vec_a, vec_b, vec_c, k_chunk);
+    else
+      gemm_tiled_kernel<T, TA, TB>
+          <<<grid, kThreads, 0, cuda::stream()>>>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, vec_a, vec_b, vec_c);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+template <bool kHost, typename T, bool TA, bool TB>
 void launch_tiled(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B,
-                  int64_t ldb, T beta, T* C, int64_t ldc) {
+                  int64_t ldb, T beta, T* C, int64_t ldc, int64_t sms) {
   using S = TileShape<T>;
   const bool vec_a = cuda::aligned16(A) && lda % S::V == 0;
   const bool vec_b = cuda::aligned16(B) && ldb % S::V == 0;
   const bool vec_c = cuda::aligned16(C) && ldc % S::V == 0;
   const int64_t tiles_n = (N + S::BN - 1) / S::BN;
   const int64_t tiles_m = (M + S::BM - 1) / S::BM;
-  int64_t splits = k_splits(tiles_m * tiles_n, K);
+  int64_t splits = k_splits(tiles_m * tiles_n, K, sms);
   if (splits > 1) {
     // k_chunk: a multiple of kBK; every split gets some of K.
     const int64_t k_chunk = ((K + splits - 1) / splits + kBK - 1) / kBK * kBK;
     splits = (K + k_chunk - 1) / k_chunk;
-    T* W = static_cast<T*>(cuda::malloc_device(static_cast<std::size_t>(splits * M * N) * sizeof(T)));
-    try {
-      const dim3 grid(static_cast<unsigned>(tiles_m * tiles_n), static_cast<unsigned>(splits));
-      gemm_tiled_split_kernel<T, TA, TB><<<grid, kThreads, 0, cuda::stream()>>>(
-          static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A, lda, B, ldb, W, vec_a, vec_b,
-          cuda::aligned16(W) && N % S::V == 0, static_cast<int>(k_chunk));
-      CUDA_CHECK_LAUNCH();
-      add_splits(W, splits, M, N, beta, C, ldc);
-    } catch (...) {
-      cuda::free_device(W);
-      throw;
-    }
-    // Freed while the kernels may still run: the caching allocator hands the block out
-    // again only to work queued after them on the same stream.
-    cuda::free_device(W);
+    const Workspace<kHost, T> W(splits * M * N);
+    const dim3 grid(static_cast<unsigned>(tiles_m * tiles_n), static_cast<unsigned>(splits));
+    run_tiled<kHost, T, TA, TB, true>(grid, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), alpha, A,
+                                      lda, B, ldb, T(0), W.get(), N, vec_a, vec_b,
+                                      cuda::aligned16(W.get()) && N % S::V == 0, static_cast<int>(k_chunk), M * N);
+    add_splits<kHost>(W.get(), splits, M, N, beta, C, ldc);
     return;
   }
   // gridDim.x < 2^31: more tiles than that (M*N beyond 2^45) go in several launches by rows.
@@ -395,10 +486,9 @@ void launch_tiled(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t 
     const int64_t rows = std::min<int64_t>(M - m0, chunk_tiles_m * S::BM);
     const int64_t blocks = ((rows + S::BM - 1) / S::BM) * tiles_n;
     const T* a = TA ? A + m0 : A + m0 * lda;  // alignment is kept: m0 is a multiple of V
-    gemm_tiled_kernel<T, TA, TB><<<static_cast<unsigned>(blocks), kThreads, 0, cuda::stream()>>>(
-        static_cast<int>(rows), static_cast<int>(N), static_cast<int>(K), alpha, a, lda, B, ldb,
-        beta, C + m0 * ldc, ldc, vec_a, vec_b, vec_c);
-    CUDA_CHECK_LAUNCH();
+    run_tiled<kHost, T, TA, TB, false>(dim3(static_cast<unsigned>(blocks)), static_cast<int>(rows),
+                                       static_cast<int>(N), static_cast<int>(K), alpha, a, lda, B, ldb, beta,
+                                       C + m0 * ldc, ldc, vec_a, vec_b, vec_c, 0, int64_t(0));
   }
 }
 
@@ -412,66 +502,111 @@ constexpr int64_t kSmallM = 8;
 // striding over the row B[n, :] (16-byte loads where vec: A and B 16-byte aligned, lda
 // and ldb multiples of V) with one accumulator per row of A; the warp then sums each
 // accumulator in a fixed butterfly order. A's rows are read by every warp, from cache.
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    gemm_small_m_nt_kernel(int M, int N, int K, T alpha, const T* __restrict__ A, int64_t lda,
-                           const T* __restrict__ B, int64_t ldb, T beta, T* __restrict__ C, int64_t ldc, bool vec) {
+// G: the warp (DeviceWarp, cuda::HostWarp).
+#pragma nv_exec_check_disable
+template <typename T, typename G>
+__host__ __device__ __forceinline__ void gemm_small_m_nt_column(int M, int K, T alpha, const T* __restrict__ A,
+                                                                int64_t lda, const T* __restrict__ B, int64_t ldb,
+                                                                T beta, T* __restrict__ C, int64_t ldc, bool vec,
+                                                                int64_t n, const G& g) {
   constexpr int V = TileShape<T>::V;
-  const int lane = static_cast<int>(threadIdx.x & 31);
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5);
-  for (int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); n < N; n += warps) {
-    const T* b = B + n * ldb;
-    T acc[kSmallM];
+  const int lane = static_cast<int>(g.rank());
+  const T* b = B + n * ldb;
+  T acc[kSmallM];
 #pragma unroll
-    for (int m = 0; m < kSmallM; ++m) acc[m] = T(0);
-    int k_done = 0;
-    if (vec) {
-      const int kv = K / V;
+  for (int m = 0; m < kSmallM; ++m) acc[m] = T(0);
+  int k_done = 0;
+  if (vec) {
+    const int kv = K / V;
 #pragma unroll 4
-      for (int j = lane; j < kv; j += 32) {
-        T bv[V];
-        load_vec16<T, V>(b + j * V, bv);
-#pragma unroll
-        for (int m = 0; m < kSmallM; ++m)
-          if (m < M) {
-            T av[V];
-            load_vec16<T, V>(A + m * lda + j * V, av);
-#pragma unroll
-            for (int i = 0; i < V; ++i) acc[m] = fma(av[i], bv[i], acc[m]);
-          }
-      }
-      k_done = kv * V;
-    }
-    for (int k = k_done + lane; k < K; k += 32) {
-      const T bk = b[k];
+    for (int j = lane; j < kv; j += 32) {
+      T bv[V];
+      load_vec16<T, V>(b + j * V, bv);
 #pragma unroll
       for (int m = 0; m < kSmallM; ++m)
-        if (m < M) acc[m] = fma(A[m * lda + k], bk, acc[m]);
-    }
+        if (m < M) {
+          T av[V];
+          load_vec16<T, V>(A + m * lda + j * V, av);
 #pragma unroll
-    for (int m = 0; m < kSmallM; ++m) {
-      if (m >= M) break;
-      T v = acc[m];
-      for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-      if (lane == 0) {
-        T& c = C[m * ldc + n];
-        c = beta != T(0) ? fma(beta, c, alpha * v) : alpha * v;
-      }
+          for (int i = 0; i < V; ++i) acc[m] = fma(av[i], bv[i], acc[m]);
+        }
+    }
+    k_done = kv * V;
+  }
+  for (int k = k_done + lane; k < K; k += 32) {
+    const T bk = b[k];
+#pragma unroll
+    for (int m = 0; m < kSmallM; ++m)
+      if (m < M) acc[m] = fma(A[m * lda + k], bk, acc[m]);
+  }
+#pragma unroll
+  for (int m = 0; m < kSmallM; ++m) {
+    if (m >= M) break;
+    const T v = g.sum(acc[m]);
+    if (lane == 0) {
+      T& c = C[m * ldc + n];
+      c = beta != T(0) ? fma(beta, c, alpha * v) : alpha * v;
     }
   }
 }
 
 template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    gemm_small_m_nt_kernel(int M, int N, int K, T alpha, const T* __restrict__ A, int64_t lda,
+                           const T* __restrict__ B, int64_t ldb, T beta, T* __restrict__ C, int64_t ldc, bool vec) {
+  const DeviceWarp g{static_cast<int>(threadIdx.x & 31)};
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5);
+  // n is the same for all lanes of a warp, so every lane takes part in the shuffles.
+  for (int64_t n = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); n < N; n += warps)
+    gemm_small_m_nt_column(M, K, alpha, A, lda, B, ldb, beta, C, ldc, vec, n, g);
+}
+
+template <bool kHost, typename T>
 void launch_small_m_nt(int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda, const T* B, int64_t ldb,
                        T beta, T* C, int64_t ldc) {
   constexpr int V = TileShape<T>::V;
   const bool vec = cuda::aligned16(A) && cuda::aligned16(B) && lda % V == 0 && ldb % V == 0;
-  const int64_t warps_per_block = kThreads / 32;
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((N + warps_per_block - 1) / warps_per_block, 65535 * 16));
-  gemm_small_m_nt_kernel<T><<<blocks, kThreads, 0, cuda::stream()>>>(static_cast<int>(M), static_cast<int>(N),
-                                                                      static_cast<int>(K), alpha, A, lda, B, ldb, beta,
-                                                                      C, ldc, vec);
-  CUDA_CHECK_LAUNCH();
+  if constexpr (kHost) {
+    cuda::on_host_warp([&](const cuda::HostWarp& g) {
+      for (int64_t n = 0; n < N; ++n)
+        gemm_small_m_nt_column(static_cast<int>(M), static_cast<int>(K), alpha, A, lda, B, ldb, beta, C, ldc, vec, n,
+                               g);
+    });
+  } else {
+    const int64_t warps_per_block = kThreads / 32;
+    const unsigned blocks =
+        static_cast<unsigned>(std::min<int64_t>((N + warps_per_block - 1) / warps_per_block, 65535 * 16));
+    gemm_small_m_nt_kernel<T><<<blocks, kThreads, 0, cuda::stream()>>>(static_cast<int>(M), static_cast<int>(N),
+                                                                        static_cast<int>(K), alpha, A, lda, B, ldb,
+                                                                        beta, C, ldc, vec);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+// gemm_tiled_cuda on the device (kHost false) or its kernels' code on host threads, as
+// on a GPU with `sms` multiprocessors.
+template <bool kHost, typename T>
+void gemm_tiled(const char* fn, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, int64_t sms) {
+  check_int_args(fn, M, N, K, lda, ldb, ldc);
+  if (M == 0 || N == 0) return;
+  if (K == 0 || alpha == T(0)) {  // as BLAS: A and B are not read
+    scale_c<kHost>(M, N, beta, C, ldc);
+    return;
+  }
+  if (trans_a) {
+    if (trans_b)
+      launch_tiled<kHost, T, true, true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, sms);
+    else
+      launch_tiled<kHost, T, true, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, sms);
+  } else {
+    if (trans_b && M <= kSmallM)
+      launch_small_m_nt<kHost, T>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else if (trans_b)
+      launch_tiled<kHost, T, false, true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, sms);
+    else
+      launch_tiled<kHost, T, false, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, sms);
+  }
 }
 
 }  // namespace
@@ -482,25 +617,20 @@ bool cuda_allow_tf32() { return g_allow_tf32.load(); }
 template <typename T>
 void gemm_tiled_cuda(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,
                      const T* A, int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  check_int_args("gemm_tiled_cuda", M, N, K, lda, ldb, ldc);
-  if (M == 0 || N == 0) return;
-  if (K == 0 || alpha == T(0)) {  // as BLAS: A and B are not read
-    scale_c(M, N, beta, C, ldc);
-    return;
-  }
-  if (trans_a) {
-    if (trans_b)
-      launch_tiled<T, true, true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    else
-      launch_tiled<T, true, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  } else {
-    if (trans_b && M <= kSmallM)
-      launch_small_m_nt<T>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    else if (trans_b)
-      launch_tiled<T, false, true>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    else
-      launch_tiled<T, false, false>(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  }
+  // The multiprocessor count is read only where K may be split (it needs a device).
+  const bool may_split = M > 0 && N > 0 && K > 0 && alpha != T(0);
+  gemm_tiled<false>("gemm_tiled_cuda", trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                    may_split ? multiprocessors() : 1);
+}
+
+template <typename T>
+void gemm_tiled_cuda_on_host(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                             int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc, int multiprocessors) {
+  if (multiprocessors < 1)
+    throw std::invalid_argument("gemm_tiled_cuda_on_host: multiprocessors = " + std::to_string(multiprocessors) +
+                                ", expected at least 1");
+  gemm_tiled<true>("gemm_tiled_cuda_on_host", trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc,
+                   multiprocessors);
 }
 
 template <typename T>
@@ -513,7 +643,7 @@ void gemm_cuda(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T al
   check_int_args("gemm_cuda", M, N, K, lda, ldb, ldc);
   if (M == 0 || N == 0) return;
   if (K == 0) {  // cuBLAS may return early here; BLAS semantics are C = beta * C
-    scale_c(M, N, beta, C, ldc);
+    scale_c<false>(M, N, beta, C, ldc);
     return;
   }
   const cublasHandle_t h = cuda::cublas_handle();
@@ -536,7 +666,9 @@ void gemm_cuda(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T al
   template void gemm_cuda<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t,       \
                              const T*, int64_t, T, T*, int64_t);                                \
   template void gemm_tiled_cuda<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, \
-                                   const T*, int64_t, T, T*, int64_t);
+                                   const T*, int64_t, T, T*, int64_t);                          \
+  template void gemm_tiled_cuda_on_host<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*,  \
+                                           int64_t, const T*, int64_t, T, T*, int64_t, int);
 INSTANTIATE(float)
 INSTANTIATE(double)
 #undef INSTANTIATE

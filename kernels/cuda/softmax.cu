@@ -15,16 +15,13 @@
 // strided by inner, which keeps neighbouring threads on neighbouring addresses.
 // Deterministic: no atomics, the batch mean of cross-entropy is a fixed-order block
 // reduction of per-row losses.
-#include <condition_variable>
 #include <limits>
-#include <mutex>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <type_traits>
-#include <vector>
 
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/host_threads.h"
 #include "kernels/cuda_runtime.h"
 #include "kernels/softmax.h"
 
@@ -311,57 +308,10 @@ template <typename F> void for_each_row(int64_t rows, int64_t dim, const F& f) {
 
 // ---- the warp code on the host ------------------------------------------------------------
 
-// 32 host threads stand in for a warp's lanes. max and sum combine the lanes' values in
-// the shuffles' butterfly order (lane l takes lane l ^ 16, then l ^ 8, ...), so a row
-// gets what the device computes, up to expf, whose host and device versions may differ
-// in the last bit.
-class HostWarp {
- public:
-  struct Shared {
-    double v[32];
-    std::mutex mu;
-    std::condition_variable cv;
-    int arrived = 0;
-    int64_t generation = 0;
-  };
-  HostWarp(int lane, Shared* shared) : lane_(lane), sh_(shared) {}
-  int64_t rank() const { return lane_; }
-  template <typename A> A sum(A v) const { return butterfly(v, [](A a, A b) { return a + b; }); }
-  template <typename A> A max(A v) const { return butterfly(v, [](A a, A b) { return max_of(a, b); }); }
-
- private:
-  void barrier() const {
-    std::unique_lock<std::mutex> lock(sh_->mu);
-    const int64_t gen = sh_->generation;
-    if (++sh_->arrived == 32) {
-      sh_->arrived = 0;
-      ++sh_->generation;
-      sh_->cv.notify_all();
-    } else {
-      sh_->cv.wait(lock, [&] { return sh_->generation != gen; });
-    }
-  }
-  template <typename A, typename Op> A butterfly(A v, Op op) const {
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      sh_->v[lane_] = static_cast<double>(v);  // exact for float and double
-      barrier();
-      const A other = static_cast<A>(sh_->v[lane_ ^ offset]);
-      barrier();
-      v = op(v, other);
-    }
-    return v;
-  }
-  int lane_;
-  Shared* sh_;
-};
-
-// f(lane group) on 32 host threads, one row.
-template <typename F> void on_host_warp(F f) {
-  HostWarp::Shared shared;
-  std::vector<std::thread> lanes;
-  for (int lane = 0; lane < 32; ++lane) lanes.emplace_back([&shared, lane, &f] { f(HostWarp(lane, &shared)); });
-  for (std::thread& t : lanes) t.join();
-}
+// Rows on 32 host threads (cuda::HostWarp) get what the device computes, up to expf,
+// whose host and device versions may differ in the last bit.
+using cuda::HostWarp;
+using cuda::on_host_warp;
 
 void check_warp_rows(const char* what, int64_t dim) {
   if (dim < 1 || dim > kWarpRowMax)
