@@ -12,7 +12,8 @@
 #   memcheck    compute-sanitizer --tool memcheck over the CUDA tests, ENGINE_CUDA_CACHING=0
 #               so every allocation is a real cudaMalloc the tool can see (by default all
 #               but the launch-heavy CudaGradcheck tests, whose kernels the CudaTyped tests
-#               run too, and SqueezeNet float32 of the whole networks)
+#               run too, and the host-run CudaKernelsOnHost ones; and SqueezeNet float32 of
+#               the whole networks)
 #   racecheck   compute-sanitizer --tool racecheck over the tests of our own kernels
 #   bench       bin/bench_cuda_ops (ceilings, GEMM, convolution, memory-bound kernels)
 #               and bin/cudnn_conv_algos (every cuDNN convolution algorithm's time and
@@ -426,8 +427,9 @@ stage_memcheck() {
   [ -x "$build_dir/bin/test_cuda" ] || { echo "no $build_dir/bin/test_cuda"; return 1; }
   local rc=0
   # test_cuda but its central-difference checks (thousands of tiny launches each, on the
-  # kernels the CudaTyped tests also run); of the whole networks, SqueezeNet in float32.
-  sanitize memcheck "$build_dir/bin/test_cuda" "${GPU_CHECK_MEMCHECK_FILTER:--CudaGradcheck.*}" || rc=1
+  # kernels the CudaTyped tests also run) and the kernels' code run on host threads (no
+  # device work); of the whole networks, SqueezeNet in float32.
+  sanitize memcheck "$build_dir/bin/test_cuda" "${GPU_CHECK_MEMCHECK_FILTER:--CudaGradcheck.*:CudaKernelsOnHost.*}" || rc=1
   if [ -x "$build_dir/bin/test_cuda_nets" ]; then
     sanitize memcheck "$build_dir/bin/test_cuda_nets" "${GPU_CHECK_MEMCHECK_NETS_FILTER:-*SqueezeNet*float32*}" || rc=1
   fi
