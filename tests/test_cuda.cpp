@@ -867,24 +867,23 @@ TEST(CudaKernelsOnHost, TiledGemmCodeMatchesCpu) {
       {8, 16, 1024, 0, "aligned, 8 rows: a warp per column with 16-byte loads"},
       {128, 128, 64, 0, "aligned full tiles"},
   };
-  auto run_with = [](auto tag, int sms) {
-    using T = decltype(tag);
-    return GemmFn<T>([sms](bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
-                           const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-      kernels::gemm_tiled_cuda_on_host<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, sms);
-    });
-  };
   uint64_t seed = 900;
+  // One case in both dtypes, the kernels' code run as on `sms` multiprocessors.
   auto check_both = [&](bool ta, bool tb, const Shape& s, double alpha, double beta, bool nan_c, int sms) {
     const GemmCase c{ta, tb, s.M, s.N, s.K, alpha, beta};
-    EXPECT_TRUE(gemm_matches_cpu<float>(run_with(float(), sms), c, nan_c, seed += 3, s.pad, true))
-        << "float: " << s.what << ", M " << s.M << " N " << s.N << " K " << s.K << ", trans_a " << ta << " trans_b "
-        << tb << ", alpha " << alpha << " beta " << beta << (nan_c ? " over NaN" : "") << ", " << sms
-        << " multiprocessors";
-    EXPECT_TRUE(gemm_matches_cpu<double>(run_with(double(), sms), c, nan_c, seed += 3, s.pad, true))
-        << "double: " << s.what << ", M " << s.M << " N " << s.N << " K " << s.K << ", trans_a " << ta
-        << " trans_b " << tb << ", alpha " << alpha << " beta " << beta << (nan_c ? " over NaN" : "") << ", " << sms
-        << " multiprocessors";
+    auto check = [&](auto tag) {
+      using T = decltype(tag);
+      const GemmFn<T> on_host = [sms](bool op_a, bool op_b, int64_t M, int64_t N, int64_t K, T a, const T* A,
+                                      int64_t lda, const T* B, int64_t ldb, T b, T* C, int64_t ldc) {
+        kernels::gemm_tiled_cuda_on_host<T>(op_a, op_b, M, N, K, a, A, lda, B, ldb, b, C, ldc, sms);
+      };
+      EXPECT_TRUE(gemm_matches_cpu<T>(on_host, c, nan_c, seed += 3, s.pad, true))
+          << dtype_name(dtype_of<T>::value) << ": " << s.what << ", M " << s.M << " N " << s.N << " K " << s.K
+          << ", trans_a " << ta << " trans_b " << tb << ", alpha " << alpha << " beta " << beta
+          << (nan_c ? " over NaN" : "") << ", " << sms << " multiprocessors";
+    };
+    check(float());
+    check(double());
   };
   for (bool ta : {false, true})
     for (bool tb : {false, true}) {

@@ -76,6 +76,9 @@ template <typename F> void parallel_for(int64_t n, F f) {
   CUDA_CHECK_LAUNCH();
 }
 
+// min for int, on the device and the host (for kernel code that also runs on the host).
+__host__ __device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
+
 // Whether p may be read and written 16 bytes at a time (float4, double2).
 inline bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
 

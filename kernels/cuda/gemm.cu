@@ -111,8 +111,6 @@ struct DeviceWarp {
   }
 };
 
-__host__ __device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
-
 // A read through the read-only data cache (__ldg) on the device; a plain load on the host.
 // T: float, double or a 16-byte vector of them.
 template <typename T> __host__ __device__ __forceinline__ T load_ro(const T* p) {
@@ -213,7 +211,7 @@ __host__ __device__ __forceinline__ void gemm_tiled_block(int M, int N, int K, T
   using S = TileShape<T>;
   if constexpr (kSplit) {
     const int k_begin = static_cast<int>(g.block_y()) * k_chunk;  // < K
-    K = min_int(k_chunk, K - k_begin);
+    K = cuda::min_int(k_chunk, K - k_begin);
     A += TA ? static_cast<int64_t>(k_begin) * lda : k_begin;
     B += TB ? k_begin : static_cast<int64_t>(k_begin) * ldb;
     C += static_cast<int64_t>(g.block_y()) * c_split_stride;
@@ -226,7 +224,7 @@ __host__ __device__ __forceinline__ void gemm_tiled_block(int M, int N, int K, T
   const int pid = static_cast<int>(g.block_x());
   const int group_size = kGroupM * tiles_n;
   const int first_m = (pid / group_size) * kGroupM;
-  const int group_rows = min_int(tiles_m - first_m, kGroupM);
+  const int group_rows = cuda::min_int(tiles_m - first_m, kGroupM);
   const int bm = (first_m + (pid % group_size) % group_rows) * BM;
   const int bn = ((pid % group_size) / group_rows) * BN;
   const int rows_left = M - bm;  // > 0; written as differences so nothing overflows int

@@ -77,8 +77,6 @@ struct FastDiv {
   }
 };
 
-__host__ __device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
-
 // Output (oh, ow) of plane pl: y = the window's maximum, argmax (if not null) its flat
 // index in the plane, the first in row-major order on ties; NaN propagates, as in
 // PyTorch (and the CPU loop).
@@ -111,7 +109,7 @@ __host__ __device__ __forceinline__ void max_pool_forward_at(const T* x, T* y, i
           where = (h0 + a) * g.W + (w0 + b);
         }
   } else {
-    const int he = min_int(h0 + g.kh, g.H), we = min_int(w0 + g.kw, g.W);
+    const int he = cuda::min_int(h0 + g.kh, g.H), we = cuda::min_int(w0 + g.kw, g.W);
     for (int ih = hs; ih < he; ++ih)
       for (int iw = ws; iw < we; ++iw) {
         const T v = xp[ih * g.W + iw];
@@ -136,7 +134,7 @@ __host__ __device__ __forceinline__ void max_pool_backward_at(const T* gy, const
   // Windows o with o * s - p <= i < o * s - p + k; i + p >= 0.
   const int fh = ih + g.ph - kh + 1, fw = iw + g.pw - kw + 1;
   const int oh_lo = fh <= 0 ? 0 : (fh + sh - 1) / sh, ow_lo = fw <= 0 ? 0 : (fw + sw - 1) / sw;
-  const int oh_hi = min_int((ih + g.ph) / sh, g.Ho - 1), ow_hi = min_int((iw + g.pw) / sw, g.Wo - 1);
+  const int oh_hi = cuda::min_int((ih + g.ph) / sh, g.Ho - 1), ow_hi = cuda::min_int((iw + g.pw) / sw, g.Wo - 1);
   const int here = ih * g.W + iw;
   const int64_t* ap = argmax + pl * g.Ho * g.Wo;
   const T* gp = gy + pl * g.Ho * g.Wo;
