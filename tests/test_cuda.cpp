@@ -37,6 +37,7 @@
 #include "tests/test_util.h"
 
 using namespace engine;
+using testing_util::bit_identical;
 using testing_util::distinct;
 using testing_util::randn;
 
@@ -64,17 +65,6 @@ double max_abs(const Tensor& t) {
   return testing_util::all_close(cuda.to(kCpu), cpu, rtol, rtol * max_abs(cpu));
 }
 #define EXPECT_MATCHES_CPU(cuda, cpu, rtol) EXPECT_TRUE(matches_cpu((cuda), (cpu), (rtol)))
-
-// Bitwise equality of two tensors of one dtype (on any devices); names the first difference.
-::testing::AssertionResult bit_identical(const Tensor& a, const Tensor& b) {
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  if (x.size() != y.size()) return ::testing::AssertionFailure() << "sizes differ";
-  for (size_t i = 0; i < x.size(); ++i)
-    if (std::memcmp(&x[i], &y[i], sizeof(double)) != 0)
-      return ::testing::AssertionFailure() << "element " << i << " of " << a.str() << ": " << x[i] << " vs "
-                                           << y[i];
-  return ::testing::AssertionSuccess();
-}
 
 Tensor leaf(Tensor t) { return t.requires_grad_(); }
 

@@ -260,6 +260,13 @@ TEST_F(FinetuneData, FeatureCacheInMemoryAndOnDisk) {
     EXPECT_EQ(std::vector<float>(got.begin() + 6, got.end()), std::vector<float>(v.begin(), v.begin() + 6));
     EXPECT_THROW(c->gather({3}), Error);
   }
+  try {
+    file->write({0}, Tensor::randn({1, 3, 2}, g));
+    FAIL() << "a finished file cache must refuse writes";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(dir + "/c.h5: the feature cache is finished and read-only"), std::string::npos)
+        << e.what();
+  }
   EXPECT_TRUE(fs::exists(dir + "/c.h5"));
   EXPECT_TRUE(leftover_temporaries(dir).empty());
   auto again = data::FeatureCache::open_file(dir + "/c.h5", 5, row, "key-1");

@@ -2,7 +2,6 @@
 // freezing, head surgery, dtype conversion, default initialisation statistics, seeded
 // construction, and a small network that learns with SGD.
 #include <cmath>
-#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,14 +18,10 @@ using engine::nn::Linear;
 using engine::nn::MaxPool2d;
 using engine::nn::ReLU;
 using engine::nn::Sequential;
+using testing_util::bit_identical;
 using testing_util::randn;
 
 namespace {
-
-bool bit_identical(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
-         std::memcmp(a.raw_data(), b.raw_data(), static_cast<size_t>(a.numel()) * element_size(a.dtype())) == 0;
-}
 
 // Sequential(Conv2d(3, 4, 3), ReLU, Sequential(Dropout, Linear(4*3*3, 6)), ...) on
 // [N, 3, 5, 5] inputs: conv -> [N, 4, 3, 3], then flattened into the inner Sequential.

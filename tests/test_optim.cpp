@@ -2,7 +2,6 @@
 // test time by tests/reference/sgd_reference.py), hyper-parameter checks, skipped and
 // frozen parameters, and the momentum state round trip.
 #include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -19,14 +18,10 @@ using engine::optim::ParamGroup;
 using engine::optim::SGD;
 using engine::optim::SgdOptions;
 using engine::optim::StepLR;
+using testing_util::bit_identical;
 using testing_util::randn;
 
 namespace {
-
-bool bit_identical(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
-         std::memcmp(a.raw_data(), b.raw_data(), static_cast<size_t>(a.numel()) * element_size(a.dtype())) == 0;
-}
 
 // One reference configuration: groups of hyper-parameters, the group of each
 // parameter, and an optional StepLR(step_size, gamma) stepped after every step.

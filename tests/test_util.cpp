@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <numeric>
 #include <random>
@@ -80,6 +81,23 @@ engine::ConvReluPoolLayer pool_layer(int64_t kernel, int64_t stride, int64_t pad
          << "worst element " << worst << " of " << engine::shape_str(a.shape()) << ": got " << x[w]
          << ", expected " << y[w] << ", |diff| " << std::fabs(x[w] - y[w]) << " > tolerance "
          << atol + rtol * std::fabs(y[w]) << " (rtol " << rtol << ", atol " << atol << ")";
+}
+
+::testing::AssertionResult bit_identical(const Tensor& a, const Tensor& b) {
+  if (a.shape() != b.shape() || a.dtype() != b.dtype())
+    return ::testing::AssertionFailure() << a.str() << " vs " << b.str();
+  const Tensor x = a.device().is_cpu() ? a : a.to(engine::Device::cpu());
+  const Tensor y = b.device().is_cpu() ? b : b.to(engine::Device::cpu());
+  const size_t size = engine::element_size(a.dtype());
+  const auto* p = static_cast<const unsigned char*>(x.raw_data());
+  const auto* q = static_cast<const unsigned char*>(y.raw_data());
+  for (int64_t i = 0; i < a.numel(); ++i)
+    if (std::memcmp(p + i * size, q + i * size, size) != 0) {
+      const size_t k = static_cast<size_t>(i);
+      return ::testing::AssertionFailure() << "element " << i << " of " << a.str() << ": " << x.to_vector<double>()[k]
+                                           << " vs " << y.to_vector<double>()[k];
+    }
+  return ::testing::AssertionSuccess();
 }
 
 double rel_error(const Tensor& a, const Tensor& b) {

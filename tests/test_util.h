@@ -36,6 +36,10 @@ engine::ConvReluPoolLayer pool_layer(int64_t kernel, int64_t stride, int64_t pad
 ::testing::AssertionResult all_close(const Tensor& a, const Tensor& b, double rtol, double atol);
 #define EXPECT_ALL_CLOSE(a, b, rtol, atol) EXPECT_TRUE(::testing_util::all_close((a), (b), (rtol), (atol)))
 
+// Passes when a and b have one shape and dtype and the same bytes (on any devices); else
+// names the first element that differs.
+::testing::AssertionResult bit_identical(const Tensor& a, const Tensor& b);
+
 struct GradcheckOptions {
   double eps = 1e-6;
   double rtol = 1e-5;

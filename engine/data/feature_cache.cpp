@@ -22,32 +22,15 @@ class MemoryCache : public FeatureCache {
   MemoryCache(int64_t rows, const Shape& row_shape)
       : FeatureCache(rows, row_shape, ""), data_(static_cast<size_t>(rows * numel_of(row_shape))) {}
 
-  void write(const std::vector<int64_t>& rows, const Tensor& values) override {
-    check_rows(rows, "write");
-    const Tensor v = values.device().is_cpu() ? values : values.detach().to(Device::cpu());
-    ENGINE_CHECK(v.dtype() == DType::F32 && v.numel() == static_cast<int64_t>(rows.size()) * row_numel(),
-                 "FeatureCache::write: ", rows.size(), " rows of ", shape_str(row_shape_), " expected, got ", v.str());
-    const size_t d = static_cast<size_t>(row_numel());
-    for (size_t i = 0; i < rows.size(); ++i) {
-      std::memcpy(data_.data() + static_cast<size_t>(rows[i]) * d, v.data<float>() + i * d, d * sizeof(float));
-      present_[static_cast<size_t>(rows[i])] = 1;
-    }
-  }
-
-  Tensor gather(const std::vector<int64_t>& rows) const override {
-    check_rows(rows, "gather");
-    Shape shape{static_cast<int64_t>(rows.size())};
-    shape.insert(shape.end(), row_shape_.begin(), row_shape_.end());
-    Tensor out = Tensor::empty(shape, DType::F32);
-    const size_t d = static_cast<size_t>(row_numel());
-    for (size_t i = 0; i < rows.size(); ++i) {
-      ENGINE_CHECK(present(rows[i]), "FeatureCache::gather: row ", rows[i], " was never written");
-      std::memcpy(out.data<float>() + i * d, data_.data() + static_cast<size_t>(rows[i]) * d, d * sizeof(float));
-    }
-    return out;
-  }
-
  private:
+  void store_row(int64_t row, const float* values) override {
+    std::memcpy(data_.data() + static_cast<size_t>(row * row_numel()), values, row_bytes());
+  }
+  void load_row(int64_t row, float* out) const override {
+    std::memcpy(out, data_.data() + static_cast<size_t>(row * row_numel()), row_bytes());
+  }
+  size_t row_bytes() const { return static_cast<size_t>(row_numel()) * sizeof(float); }
+
   std::vector<float> data_;
 };
 
@@ -87,32 +70,11 @@ class FileCache : public FeatureCache {
 
   bool usable() const { return file_ >= 0 && data_ >= 0; }
 
-  void write(const std::vector<int64_t>& rows, const Tensor& values) override {
-    const auto lock = io::detail::lock_hdf5();
-    check_rows(rows, "write");
+  void check_writable() const override {
     ENGINE_CHECK(!tmp_.empty(), path_, ": the feature cache is finished and read-only");
-    const Tensor v = values.device().is_cpu() ? values : values.detach().to(Device::cpu());
-    ENGINE_CHECK(v.dtype() == DType::F32 && v.numel() == static_cast<int64_t>(rows.size()) * row_numel(),
-                 "FeatureCache::write: ", rows.size(), " rows of ", shape_str(row_shape_), " expected, got ", v.str());
-    const size_t d = static_cast<size_t>(row_numel());
-    for (size_t i = 0; i < rows.size(); ++i) {
-      row_io(rows[i], const_cast<float*>(v.data<float>() + i * d), true);
-      present_[static_cast<size_t>(rows[i])] = 1;
-    }
   }
-
-  Tensor gather(const std::vector<int64_t>& rows) const override {
-    check_rows(rows, "gather");
-    Shape shape{static_cast<int64_t>(rows.size())};
-    shape.insert(shape.end(), row_shape_.begin(), row_shape_.end());
-    Tensor out = Tensor::empty(shape, DType::F32);
-    const size_t d = static_cast<size_t>(row_numel());
-    for (size_t i = 0; i < rows.size(); ++i) {
-      ENGINE_CHECK(present(rows[i]), "FeatureCache::gather: row ", rows[i], " was never written");
-      row_io(rows[i], out.data<float>() + i * d, false);
-    }
-    return out;
-  }
+  void store_row(int64_t row, const float* values) override { row_io(row, const_cast<float*>(values), true); }
+  void load_row(int64_t row, float* out) const override { row_io(row, out, false); }
 
   void finish() override {
     const auto lock = io::detail::lock_hdf5();
@@ -272,6 +234,32 @@ FeatureCache::FeatureCache(int64_t rows, Shape row_shape, std::string path)
 void FeatureCache::check_rows(const std::vector<int64_t>& rows, const char* what) const {
   for (int64_t r : rows)
     ENGINE_CHECK(r >= 0 && r < rows_, "FeatureCache::", what, ": row ", r, " is out of range [0, ", rows_, ")");
+}
+
+void FeatureCache::write(const std::vector<int64_t>& rows, const Tensor& values) {
+  check_rows(rows, "write");
+  check_writable();
+  const Tensor v = values.device().is_cpu() ? values : values.detach().to(Device::cpu());
+  ENGINE_CHECK(v.dtype() == DType::F32 && v.numel() == static_cast<int64_t>(rows.size()) * row_numel(),
+               "FeatureCache::write: ", rows.size(), " rows of ", shape_str(row_shape_), " expected, got ", v.str());
+  const size_t d = static_cast<size_t>(row_numel());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    store_row(rows[i], v.data<float>() + i * d);
+    present_[static_cast<size_t>(rows[i])] = 1;
+  }
+}
+
+Tensor FeatureCache::gather(const std::vector<int64_t>& rows) const {
+  check_rows(rows, "gather");
+  Shape shape{static_cast<int64_t>(rows.size())};
+  shape.insert(shape.end(), row_shape_.begin(), row_shape_.end());
+  Tensor out = Tensor::empty(shape, DType::F32);
+  const size_t d = static_cast<size_t>(row_numel());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    ENGINE_CHECK(present(rows[i]), "FeatureCache::gather: row ", rows[i], " was never written");
+    load_row(rows[i], out.data<float>() + i * d);
+  }
+  return out;
 }
 
 void FeatureCache::mark_missing(int64_t row, const std::string& reason) {

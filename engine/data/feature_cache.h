@@ -38,7 +38,7 @@ class FeatureCache {
   const std::string& path() const { return path_; }
 
   // Stores values [n, ...row_shape] (float32) in rows[0..n).
-  virtual void write(const std::vector<int64_t>& rows, const Tensor& values) = 0;
+  void write(const std::vector<int64_t>& rows, const Tensor& values);
   // Marks a row as missing (its sample could not be read).
   void mark_missing(int64_t row, const std::string& reason);
   bool present(int64_t row) const { return present_.at(static_cast<size_t>(row)) != 0; }
@@ -48,13 +48,18 @@ class FeatureCache {
   };
   const std::vector<Missing>& missing() const { return missing_; }
   // float32 [n, ...row_shape] on the CPU; every row must be present.
-  virtual Tensor gather(const std::vector<int64_t>& rows) const = 0;
+  Tensor gather(const std::vector<int64_t>& rows) const;
   // Ends writing: a file cache is closed, renamed into place and reopened for reading.
   virtual void finish() {}
 
  protected:
   FeatureCache(int64_t rows, Shape row_shape, std::string path);
   void check_rows(const std::vector<int64_t>& rows, const char* what) const;
+  // One row of row_numel() floats, into and out of where the cache keeps it.
+  virtual void store_row(int64_t row, const float* values) = 0;
+  virtual void load_row(int64_t row, float* out) const = 0;
+  // Throws when the cache takes no more writes.
+  virtual void check_writable() const {}
 
   int64_t rows_;
   Shape row_shape_;
