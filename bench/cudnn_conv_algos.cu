@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "kernels/conv.h"
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda_runtime.h"
 
@@ -95,9 +96,10 @@ const char* algo_name(Dir d, int a) {
 }
 int algo_count(Dir d) { return d == kForward ? 8 : d == kData ? 6 : 7; }
 bool engine_may_pick(Dir d, int a) {
-  return !(d == kForward ? a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED
-                         : d == kData ? a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED
-                                      : a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED);
+  const kernels::CudnnDirection direction = d == kForward ? kernels::CudnnDirection::kForward
+                                            : d == kData  ? kernels::CudnnDirection::kData
+                                                          : kernels::CudnnDirection::kFilter;
+  return kernels::cudnn_may_pick(direction, a);
 }
 
 // Workspace of algorithm a in direction d; false when cuDNN does not support it here.

@@ -85,6 +85,11 @@ void conv2d_backward_cudnn(const T* x, const T* w, const T* gy, T* gx, T* gw, T*
                            const Conv2dShape& s);
 void set_cudnn_deterministic(bool deterministic);
 bool cudnn_deterministic();
+// Whether the algorithm choice may take cuDNN algorithm `algo` (a cudnnConvolutionFwdAlgo_t,
+// cudnnConvolutionBwdDataAlgo_t or cudnnConvolutionBwdFilterAlgo_t value, by direction):
+// every one but the non-fused Winograd ones, whose float32 results are far off.
+enum class CudnnDirection { kForward, kData, kFilter };
+bool cudnn_may_pick(CudnnDirection direction, int algo);
 // Handwritten im2col/col2im (col2im gathers: deterministic, no atomics) and the
 // im2col + GEMM convolution built on them, benchmarked against cuDNN and tested against it.
 template <typename T> void im2col_cuda(const T* x, T* col, const Conv2dShape& s, int64_t ld);

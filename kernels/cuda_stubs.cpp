@@ -36,6 +36,7 @@ void set_cuda_allow_tf32(bool) {}
 bool cuda_allow_tf32() { return false; }
 void set_cudnn_deterministic(bool) {}
 bool cudnn_deterministic() { return false; }
+bool cudnn_may_pick(CudnnDirection, int) { no_cuda(); }
 
 template <typename T> void relu_forward_cuda(const T*, T*, int64_t) { no_cuda(); }
 template <typename T> void relu_backward_cuda(const T*, const T*, T*, int64_t) { no_cuda(); }

@@ -533,6 +533,15 @@ int64_t cudnn_chunk(const Conv2dShape& s) {
 void set_cudnn_deterministic(bool deterministic) { g_deterministic.store(deterministic); }
 bool cudnn_deterministic() { return g_deterministic.load(); }
 
+bool cudnn_may_pick(CudnnDirection direction, int algo) {
+  switch (direction) {
+    case CudnnDirection::kForward: return !is_winograd_nonfused(static_cast<cudnnConvolutionFwdAlgo_t>(algo));
+    case CudnnDirection::kData: return !is_winograd_nonfused(static_cast<cudnnConvolutionBwdDataAlgo_t>(algo));
+    case CudnnDirection::kFilter: return !is_winograd_nonfused(static_cast<cudnnConvolutionBwdFilterAlgo_t>(algo));
+  }
+  return false;
+}
+
 template <typename T>
 void conv2d_forward_cudnn(const T* x, const T* w, const T* b, T* y, const Conv2dShape& s) {
   if (degenerate(s)) {
