@@ -50,6 +50,7 @@ template <typename T> void normal_cuda(T*, T, T, uint64_t, uint64_t, int64_t) { 
 template <typename T>
 void dropout_forward_cuda(const T*, T*, T*, T, uint64_t, uint64_t, int64_t) { no_cuda(); }
 template <typename T> void sgd_step_cuda(T*, const T*, T*, const SgdParams&, int64_t) { no_cuda(); }
+void sgd_step_float4_cuda_on_host(float*, const float*, float*, const SgdParams&, int64_t) { no_cuda(); }
 
 template <typename T> void max_pool2d_forward_cuda(const T*, T*, int64_t*, const Pool2dShape&) { no_cuda(); }
 template <typename T>
@@ -63,6 +64,7 @@ template <typename T>
 void adaptive_avg_pool2d_backward_cuda(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t) { no_cuda(); }
 
 template <typename T> void sum_all_cuda(const T*, T*, T, int64_t) { no_cuda(); }
+template <typename T> std::vector<double> sum_all_thread_sums_cuda_on_host(const T*, int64_t) { no_cuda(); }
 template <typename T> void sum_dim_cuda(const T*, T*, int64_t, int64_t, int64_t) { no_cuda(); }
 template <typename T> void abs_max_dim_cuda(const T*, T*, int64_t, int64_t, int64_t) { no_cuda(); }
 template <typename T> void broadcast_dim_cuda(const T*, T*, T, int64_t, int64_t, int64_t) { no_cuda(); }
@@ -128,6 +130,7 @@ void conv2d_forward_im2col_cuda(const T*, const T*, const T*, T*, const Conv2dSh
   template void adaptive_avg_pool2d_backward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t,       \
                                                      int64_t, int64_t);                             \
   template void sum_all_cuda<T>(const T*, T*, T, int64_t);                                          \
+  template std::vector<double> sum_all_thread_sums_cuda_on_host<T>(const T*, int64_t);              \
   template void sum_dim_cuda<T>(const T*, T*, int64_t, int64_t, int64_t);                           \
   template void abs_max_dim_cuda<T>(const T*, T*, int64_t, int64_t, int64_t);                       \
   template void broadcast_dim_cuda<T>(const T*, T*, T, int64_t, int64_t, int64_t);                  \

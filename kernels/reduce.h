@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace kernels {
 
@@ -27,6 +28,11 @@ void bias_grad_cpu(const T* gy, T* gb, int64_t outer, int64_t C, int64_t inner);
 // scale * sum(x) to the one-element device array y. Block reductions with warp shuffles;
 // float totals accumulate in double, as on the CPU.
 template <typename T> void sum_all_cuda(const T* x, T* y, T scale, int64_t n);
+// sum_all's per-thread code run on the host, for each thread of the grid sum_all_cuda
+// launches for n (float: four elements at a time where x is 16-byte aligned and n is
+// beyond one block's share), so tests check it without a GPU: the threads' sums, in
+// thread order.
+template <typename T> std::vector<double> sum_all_thread_sums_cuda_on_host(const T* x, int64_t n);
 template <typename T>
 void sum_dim_cuda(const T* x, T* y, int64_t outer, int64_t dim, int64_t inner);
 template <typename T>

@@ -18,5 +18,9 @@ struct SgdParams {
 
 template <typename T> void sgd_step_cpu(T* p, const T* g, T* buf, const SgdParams& h, int64_t n);
 template <typename T> void sgd_step_cuda(T* p, const T* g, T* buf, const SgdParams& h, int64_t n);
+// The float kernel's per-thread code (four elements at a time) run on the host, thread by
+// thread over the grid sgd_step_cuda launches, so tests check it without a GPU. p, g and
+// buf must be 16-byte aligned.
+void sgd_step_float4_cuda_on_host(float* p, const float* g, float* buf, const SgdParams& h, int64_t n);
 
 }  // namespace kernels

@@ -33,6 +33,7 @@
 #include "kernels/pool.h"
 #include "kernels/reduce.h"
 #include "kernels/sgd.h"
+#include "kernels/sgd_math.h"
 #include "kernels/softmax.h"
 #include "tests/test_util.h"
 
@@ -581,18 +582,31 @@ TEST_P(CudaTyped, AdaptiveAvgPool2dMatchesCpu) {
 
 // ---- the optimiser ------------------------------------------------------------------------
 
+// The first element of x on a 16-byte boundary (x itself where it is on one).
+template <typename T> T* first_aligned16(T* x) {
+  while (reinterpret_cast<std::uintptr_t>(x) % 16 != 0) ++x;
+  return x;
+}
+
+// lr, momentum, dampening, weight decay, Nesterov, first step: every branch of the update.
+const kernels::SgdParams kSgdCases[] = {{0.1, 0.9, 0.1, 1e-2, false, false},
+                                        {0.1, 0.9, 0.1, 1e-2, false, true},
+                                        {0.05, 0.9, 0.0, 5e-4, true, false},
+                                        {0.05, 0.9, 0.0, 5e-4, true, true},
+                                        {0.1, 0.0, 0.0, 1e-3, false, false}};
+
+std::string sgd_case_name(const kernels::SgdParams& h) {
+  return (::testing::Message() << "momentum " << h.momentum << " dampening " << h.dampening << " wd "
+                               << h.weight_decay << " nesterov " << h.nesterov << " first " << h.first_step)
+      .GetString();
+}
+
 TEST_P(CudaTyped, SgdStepKernelMatchesCpu) {
   SKIP_WITHOUT_CUDA();
   const DType t = GetParam();
-  const kernels::SgdParams cases[] = {{0.1, 0.9, 0.1, 1e-2, false, false},
-                                      {0.1, 0.9, 0.1, 1e-2, false, true},
-                                      {0.05, 0.9, 0.0, 5e-4, true, false},
-                                      {0.05, 0.9, 0.0, 5e-4, true, true},
-                                      {0.1, 0.0, 0.0, 1e-3, false, false}};
   uint64_t seed = 300;
-  for (const kernels::SgdParams& h : cases) {
-    SCOPED_TRACE(::testing::Message() << "momentum " << h.momentum << " dampening " << h.dampening << " wd "
-                                      << h.weight_decay << " nesterov " << h.nesterov << " first " << h.first_step);
+  for (const kernels::SgdParams& h : kSgdCases) {
+    SCOPED_TRACE(sgd_case_name(h));
     // Lengths with and without a remainder of 4; offsets that misalign the arrays.
     for (int64_t n : {1001, 4096, 6})
       for (int64_t off : {0, 1, 2}) {
@@ -611,6 +625,43 @@ TEST_P(CudaTyped, SgdStepKernelMatchesCpu) {
         EXPECT_MATCHES_CPU(bg, b, rtol_for(t));
       }
   }
+}
+
+// The float kernel's per-thread code (four elements at a time, then each thread's share
+// of the last n % 4) on the host, thread by thread over the grid the launch uses, against
+// the shared per-element update applied element by element: every remainder mod 4, grids
+// of one block to many, every branch of the update. Runs in every build with CUDA, GPU
+// or not.
+TEST(CudaKernelsOnHost, SgdFloat4CodeMatchesCpu) {
+#if !ENGINE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA: no kernel code to run";
+#else
+  uint64_t seed = 330;
+  for (const kernels::SgdParams& h : kSgdCases) {
+    SCOPED_TRACE(sgd_case_name(h));
+    for (int64_t n : {1, 2, 3, 4, 5, 7, 1001, 1024, 4099, 300001}) {
+      SCOPED_TRACE("n " + std::to_string(n));
+      const Tensor p0 = randn({n}, seed++, DType::F32), g = randn({n}, seed++, DType::F32);
+      const Tensor b0 = randn({n}, seed++, DType::F32);
+      const bool with_buf = h.momentum != 0;
+      Tensor p = p0.clone(), b = b0.clone(), p_ref = p0.clone(), b_ref = b0.clone();
+      ASSERT_TRUE(first_aligned16(p.data<float>()) == p.data<float>() &&
+                  first_aligned16(g.data<float>()) == g.data<float>() &&
+                  first_aligned16(b.data<float>()) == b.data<float>());
+      for (int64_t i = 0; i < n; ++i)
+        kernels::sgd_update(p_ref.data<float>()[i], g.data<float>()[i], with_buf ? b_ref.data<float>() + i : nullptr,
+                            h);
+      kernels::sgd_step_float4_cuda_on_host(p.data<float>(), g.data<float>(), with_buf ? b.data<float>() : nullptr,
+                                            h, n);
+      EXPECT_ALL_CLOSE(p, p_ref, 1e-6, 1e-7);
+      EXPECT_ALL_CLOSE(b, b_ref, 1e-6, 1e-7);
+      EXPECT_FALSE(bit_identical(p, p0)) << "no step taken";
+    }
+  }
+  Tensor p = randn({9}, seed++, DType::F32);
+  EXPECT_THROW(kernels::sgd_step_float4_cuda_on_host(p.data<float>() + 1, p.data<float>(), nullptr, kSgdCases[0], 8),
+               std::invalid_argument);
+#endif
 }
 
 // optim::SGD over parameters on the GPU against the same parameters on the CPU: three
@@ -814,6 +865,42 @@ TEST_P(CudaKernels, SumAllAtEveryAlignmentAndLength) {
         EXPECT_MATCHES_CPU(y_d, y, rtol_for(t));
       });
     }
+}
+
+// sum_all's per-thread code on the host, over the grid sum_all_cuda launches for each n
+// (one block up to 8192 elements; then 16 elements a thread up to 1024 blocks, beyond
+// that several grid strides a thread), at every alignment (float reads four elements at
+// a time where aligned) and remainder mod 4: with x = 1 the threads' sums add up to n,
+// with x[i] = i + 1 to n (n + 1) / 2, both exact, so every element is read exactly once.
+TEST(CudaKernelsOnHost, SumAllThreadCodeReadsEveryElementOnce) {
+#if !ENGINE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA: no kernel code to run";
+#else
+  auto check = [](auto tag, int64_t n, int64_t off) {
+    using T = decltype(tag);
+    SCOPED_TRACE(std::string(std::is_same_v<T, float> ? "float" : "double") + " n " + std::to_string(n) + " offset " +
+                 std::to_string(off));
+    std::vector<T> ones(static_cast<size_t>(n + 8), T(1)), iota(static_cast<size_t>(n + 8));
+    T* const x1 = first_aligned16(ones.data()) + off;
+    T* const xi = first_aligned16(iota.data()) + off;
+    for (int64_t i = 0; i < n; ++i) xi[i] = static_cast<T>(i + 1);
+    auto total = [](const std::vector<double>& sums) {
+      double t = 0;
+      for (double v : sums) t += v;
+      return t;
+    };
+    const std::vector<double> a = kernels::sum_all_thread_sums_cuda_on_host<T>(x1, n);
+    const std::vector<double> b = kernels::sum_all_thread_sums_cuda_on_host<T>(xi, n);
+    EXPECT_EQ(total(a), static_cast<double>(n));
+    EXPECT_EQ(total(b), static_cast<double>(n) * static_cast<double>(n + 1) / 2);
+    EXPECT_EQ(a.size(), b.size());
+  };
+  for (int64_t n : std::vector<int64_t>{0, 1, 7, 8192, 8193, 8194, 8195, 8196, 100003, 1 << 22, (1 << 22) + 4099})
+    for (int64_t off : {0, 1, 2, 3}) {
+      check(float{}, n, off);
+      if (off < 2) check(double{}, n, off);
+    }
+#endif
 }
 
 TEST_P(CudaKernels, GemmCublasMatchesCpu) {

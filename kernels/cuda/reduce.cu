@@ -10,7 +10,9 @@
 // kernel. The cut depends on the shape only, never on timing, and no atomics are used.
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
+#include "kernels/common.h"
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda_runtime.h"
 #include "kernels/reduce.h"
@@ -102,15 +104,15 @@ template <typename Op, typename A> __device__ __forceinline__ A block_reduce(A v
 
 // ---- sum_all ----------------------------------------------------------------------
 
-// Block b writes the double sum of its grid-stride share of x to partial[b]. vec (float
-// only, x 16-byte aligned): the share is read four elements at a time, then the last
-// n % 4 one at a time.
+// Blocks of sum_all's first kernel, for n > kSumAllOneBlock: about 16 elements a thread.
+int64_t sum_all_blocks(int64_t n) { return std::min<int64_t>(ceil_div(n, kThreads * 16), kTargetBlocks); }
+
+// Thread `first` of `stride` threads: the double sum of x[first], x[first + stride], ....
+// vec (float only, x 16-byte aligned): four elements at a time (the float4s first,
+// first + stride, ...), then its share of the last n % 4 one at a time.
 template <typename T>
-__global__ void sum_partials_kernel(const T* x, int64_t n, double* partial, bool vec) {
-  __shared__ double smem[32];
+ENGINE_HD double thread_sum(const T* x, int64_t n, bool vec, int64_t first, int64_t stride) {
   double acc = 0;
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   int64_t done = 0;
   if constexpr (std::is_same_v<T, float>) {
     if (vec) {
@@ -126,6 +128,15 @@ __global__ void sum_partials_kernel(const T* x, int64_t n, double* partial, bool
     }
   }
   for (int64_t i = done + first; i < n; i += stride) acc += static_cast<double>(x[i]);
+  return acc;
+}
+
+// Block b writes the double sum of its grid-stride share of x to partial[b].
+template <typename T>
+__global__ void sum_partials_kernel(const T* x, int64_t n, double* partial, bool vec) {
+  __shared__ double smem[32];
+  double acc = thread_sum(x, n, vec, blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+                          static_cast<int64_t>(blockDim.x) * gridDim.x);
   acc = block_reduce<SumOp<T>>(acc, smem);
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
@@ -135,8 +146,7 @@ __global__ void sum_partials_kernel(const T* x, int64_t n, double* partial, bool
 template <typename In, typename T>
 __global__ void sum_finish_kernel(const In* v, int64_t n, T* y, T scale) {
   __shared__ double smem[32];
-  double acc = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) acc += static_cast<double>(v[i]);
+  double acc = thread_sum(v, n, false, threadIdx.x, blockDim.x);
   acc = block_reduce<SumOp<T>>(acc, smem);
   if (threadIdx.x == 0)
     y[0] = static_cast<T>(static_cast<double>(scale) * static_cast<double>(static_cast<T>(acc)));
@@ -302,7 +312,7 @@ template <typename T> void sum_all_cuda(const T* x, T* y, T scale, int64_t n) {
     CUDA_CHECK_LAUNCH();
     return;
   }
-  const int64_t blocks = std::min<int64_t>(ceil_div(n, kThreads * 16), kTargetBlocks);
+  const int64_t blocks = sum_all_blocks(n);
   Scratch partial(static_cast<std::size_t>(blocks) * sizeof(double));
   sum_partials_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, cuda::stream()>>>(
       x, n, partial.as<double>(), cuda::aligned16(x));
@@ -310,6 +320,15 @@ template <typename T> void sum_all_cuda(const T* x, T* y, T scale, int64_t n) {
   sum_finish_kernel<double, T><<<1, kFinishThreads, 0, cuda::stream()>>>(partial.as<double>(), blocks,
                                                                          y, scale);
   CUDA_CHECK_LAUNCH();
+}
+
+template <typename T> std::vector<double> sum_all_thread_sums_cuda_on_host(const T* x, int64_t n) {
+  const bool one_block = n <= kSumAllOneBlock;
+  const int64_t threads = one_block ? kFinishThreads : sum_all_blocks(n) * kThreads;
+  std::vector<double> sums(static_cast<std::size_t>(threads));
+  for (int64_t t = 0; t < threads; ++t)
+    sums[static_cast<std::size_t>(t)] = thread_sum(x, n > 0 ? n : 0, !one_block && cuda::aligned16(x), t, threads);
+  return sums;
 }
 
 template <typename T>
@@ -363,6 +382,7 @@ void bias_grad_cuda(const T* gy, T* gb, int64_t outer, int64_t C, int64_t inner)
 
 #define INSTANTIATE(T)                                                         \
   template void sum_all_cuda<T>(const T*, T*, T, int64_t);                     \
+  template std::vector<double> sum_all_thread_sums_cuda_on_host<T>(const T*, int64_t); \
   template void sum_dim_cuda<T>(const T*, T*, int64_t, int64_t, int64_t);      \
   template void abs_max_dim_cuda<T>(const T*, T*, int64_t, int64_t, int64_t);  \
   template void broadcast_dim_cuda<T>(const T*, T*, T, int64_t, int64_t, int64_t); \
