@@ -90,68 +90,150 @@ inline void max_row_3x2_avx2(const float* colmax, float* yrow, int64_t first, in
       _mm256_maskstore_ps(yrow + ow, first_lanes(last - ow), y);
   }
 }
+
+// Outputs [ow, ow + min(left, 8)) from the windows' columns c[0..2] and the rows r[0..2]
+// that gave them (int32 bits in float lanes), the windows starting at column w0 + 2i:
+// the maximum, ties to the smaller row, then the smaller column, as max_row_inner_arg;
+// the argmax stored as int64 row * W + column.
+inline void store_window_argmax(const __m256 c[3], const __m256 r[3], int64_t w0, int64_t W, float* y, int64_t* a,
+                                int64_t left) {
+  const __m256i col0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(w0)),
+                                        _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14));
+  __m256 best = c[0], br = r[0], bw = _mm256_castsi256_ps(col0);
+  for (int j = 1; j < 3; ++j) {
+    const __m256 row_less = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_castps_si256(br), _mm256_castps_si256(r[j])));
+    const __m256 take = _mm256_or_ps(
+        _mm256_or_ps(_mm256_cmp_ps(c[j], best, _CMP_GT_OQ), _mm256_cmp_ps(c[j], c[j], _CMP_UNORD_Q)),
+        _mm256_and_ps(_mm256_cmp_ps(c[j], best, _CMP_EQ_OQ), row_less));
+    best = _mm256_blendv_ps(best, c[j], take);
+    br = _mm256_blendv_ps(br, r[j], take);
+    bw = _mm256_blendv_ps(bw, _mm256_castsi256_ps(_mm256_add_epi32(col0, _mm256_set1_epi32(j))), take);
+  }
+  const __m256i flat = _mm256_add_epi32(
+      _mm256_mullo_epi32(_mm256_castps_si256(br), _mm256_set1_epi32(static_cast<int32_t>(W))), _mm256_castps_si256(bw));
+  const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(flat));
+  const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(flat, 1));
+  auto* al = reinterpret_cast<long long*>(a);
+  if (left >= 8) {
+    _mm256_storeu_ps(y, best);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(al), lo);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(al + 4), hi);
+  } else {
+    const __m256i m = first_lanes(left);
+    _mm256_maskstore_ps(y, m, best);
+    _mm256_maskstore_epi64(al, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(m)), lo);
+    _mm256_maskstore_epi64(al + 4, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1)), hi);
+  }
+}
+
 // The same for max_row_inner_arg<float, 3, 2> (needs H * W < 2^31: int32 indices).
 inline void max_row_3x2_arg_avx2(const float* colmax, const int32_t* colarg, float* yrow, int64_t* arow,
                                  int64_t first, int64_t last, const Pool2dShape& s) {
-  const __m256i lanes2 = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14), width = _mm256_set1_epi32(static_cast<int32_t>(s.W));
   for (int64_t ow = first; ow < last; ow += 8) {
     const int64_t w0 = 2 * ow - s.pw;
     __m256 c[3], r[3];
     window_columns(colmax + w0, c[0], c[1], c[2]);
     window_columns(reinterpret_cast<const float*>(colarg + w0), r[0], r[1], r[2]);  // int32 bits, moved only
-    const __m256i col0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(w0)), lanes2);
-    __m256 best = c[0], br = r[0], bw = _mm256_castsi256_ps(col0);
-    for (int j = 1; j < 3; ++j) {
-      const __m256 row_less = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_castps_si256(br), _mm256_castps_si256(r[j])));
-      const __m256 take = _mm256_or_ps(
-          _mm256_or_ps(_mm256_cmp_ps(c[j], best, _CMP_GT_OQ), _mm256_cmp_ps(c[j], c[j], _CMP_UNORD_Q)),
-          _mm256_and_ps(_mm256_cmp_ps(c[j], best, _CMP_EQ_OQ), row_less));
-      best = _mm256_blendv_ps(best, c[j], take);
-      br = _mm256_blendv_ps(br, r[j], take);
-      bw = _mm256_blendv_ps(bw, _mm256_castsi256_ps(_mm256_add_epi32(col0, _mm256_set1_epi32(j))), take);
-    }
-    const __m256i flat = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_castps_si256(br), width), _mm256_castps_si256(bw));
-    const __m256i lo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(flat));
-    const __m256i hi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(flat, 1));
-    auto* a = reinterpret_cast<long long*>(arow + ow);
-    if (last - ow >= 8) {
-      _mm256_storeu_ps(yrow + ow, best);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a), lo);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(a + 4), hi);
-    } else {
-      const __m256i m = first_lanes(last - ow);
-      _mm256_maskstore_ps(yrow + ow, m, best);
-      _mm256_maskstore_epi64(a, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(m)), lo);
-      _mm256_maskstore_epi64(a + 4, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(m, 1)), hi);
-    }
+    store_window_argmax(c, r, w0, s.W, yrow + ow, arow + ow, last - ow);
+  }
+}
+
+// Rows row0, row0 + 1 and row0 + 2 in every lane (int32 bits in float registers).
+struct RowIds {
+  explicit RowIds(int32_t row0)
+      : a0(_mm256_castsi256_ps(_mm256_set1_epi32(row0))), a1(_mm256_castsi256_ps(_mm256_set1_epi32(row0 + 1))),
+        a2(_mm256_castsi256_ps(_mm256_set1_epi32(row0 + 2))) {}
+  __m256 a0, a1, a2;
+};
+
+// vmax = nan_max(nan_max(x0, x1), x2), lane by lane, and with WithArg varg the row that
+// gave it: the same comparisons in the same order as the loops in max_pool_row.
+template <bool WithArg>
+inline void vertical_3(__m256 x0, __m256 x1, __m256 x2, const RowIds& rows, __m256& vmax, __m256& varg) {
+  const __m256 t1 = _mm256_or_ps(_mm256_cmp_ps(x1, x0, _CMP_GT_OQ), _mm256_cmp_ps(x1, x1, _CMP_UNORD_Q));
+  const __m256 m1 = _mm256_blendv_ps(x0, x1, t1);
+  const __m256 t2 = _mm256_or_ps(_mm256_cmp_ps(x2, m1, _CMP_GT_OQ), _mm256_cmp_ps(x2, x2, _CMP_UNORD_Q));
+  vmax = _mm256_blendv_ps(m1, x2, t2);
+  if constexpr (WithArg) varg = _mm256_blendv_ps(_mm256_blendv_ps(rows.a0, rows.a1, t1), rows.a2, t2);
+}
+
+// vertical_3 over columns w .. w + 7 of the three rows r0, r0 + W, r0 + 2W; columns at or
+// past W are masked out of the loads and read 0.
+template <bool WithArg>
+inline void vertical_3_lanes(const float* r0, int64_t W, int64_t w, const RowIds& rows, __m256& vmax, __m256& varg) {
+  const float* r1 = r0 + W;
+  const float* r2 = r1 + W;
+  if (W - w >= 8) {
+    vertical_3<WithArg>(_mm256_loadu_ps(r0 + w), _mm256_loadu_ps(r1 + w), _mm256_loadu_ps(r2 + w), rows, vmax, varg);
+  } else {
+    const __m256i m = first_lanes(W - w);
+    vertical_3<WithArg>(_mm256_maskload_ps(r0 + w, m), _mm256_maskload_ps(r1 + w, m), _mm256_maskload_ps(r2 + w, m),
+                        rows, vmax, varg);
   }
 }
 
 // The vertical pass over a window of three rows in one sweep, 8 columns at a time (the
-// last group through masked loads; the row buffers' spare entries take the full-width
-// stores): colmax[iw] = nan_max(nan_max(r0, r1), r2) and, with WithArg, colarg[iw] the
-// row that gave it. The same comparisons in the same order as the loops in max_pool_row.
+// row buffers' spare entries take the last group's full-width stores): colmax[iw] =
+// nan_max(nan_max(r0, r1), r2) and, with WithArg, colarg[iw] the row that gave it.
 template <bool WithArg>
 inline void vertical_3_avx2(const float* r0, int64_t W, int32_t row0, float* colmax, int32_t* colarg) {
-  const float* r1 = r0 + W;
-  const float* r2 = r1 + W;
-  const __m256 a0 = _mm256_castsi256_ps(_mm256_set1_epi32(row0));
-  const __m256 a1 = _mm256_castsi256_ps(_mm256_set1_epi32(row0 + 1));
-  const __m256 a2 = _mm256_castsi256_ps(_mm256_set1_epi32(row0 + 2));
+  const RowIds rows(row0);
   for (int64_t i = 0; i < W; i += 8) {
-    __m256 x0, x1, x2;
-    if (W - i >= 8) {
-      x0 = _mm256_loadu_ps(r0 + i), x1 = _mm256_loadu_ps(r1 + i), x2 = _mm256_loadu_ps(r2 + i);
+    __m256 vmax, varg;
+    vertical_3_lanes<WithArg>(r0, W, i, rows, vmax, varg);
+    _mm256_storeu_ps(colmax + i, vmax);
+    if constexpr (WithArg) _mm256_storeu_ps(reinterpret_cast<float*>(colarg + i), varg);
+  }
+}
+
+// Lanes i of the windows' three columns 2i, 2i + 1 and 2i + 2, of the 17 columns held in
+// lo, hi and lane 7 of c16: what window_columns loads from a column buffer.
+inline void columns_from_lanes(const __m256& lo, const __m256& hi, const __m256& c16, __m256& c0, __m256& c1,
+                               __m256& c2) {
+  c0 = even_lanes(lo, hi);
+  c1 = odd_lanes(lo, hi);
+  c2 = _mm256_blend_ps(_mm256_permutevar8x32_ps(c0, _mm256_setr_epi32(1, 2, 3, 4, 5, 6, 7, 7)), c16, 0x80);
+}
+
+// One output row of a 3x3, stride-2 pool whose windows all lie inside the row (no
+// padding, no window past the end), its three input rows from `top`: the vertical and
+// horizontal passes fused, 8 outputs at a time in registers. Columns w0 .. w0 + 15 go
+// through the vertical pass as two vectors, column w0 + 16 (the last window's third) as
+// a scalar, and the windows' columns are taken from those registers: no store and
+// reload of the column maxima between the passes, no per-row set-up. The same
+// comparisons in the same order as vertical_3_avx2 followed by max_row_3x2(_arg)_avx2,
+// so the same bits. AlexNet's pool3 (13-wide rows, 6 outputs) is one group a row.
+template <bool WithArg>
+void max_row_3x2_fused_avx2(const float* top, int64_t W, int32_t row0, float* yrow, int64_t* arow, int64_t Wo) {
+  const float* r1 = top + W;
+  const float* r2 = r1 + W;
+  const RowIds rows(row0);
+  for (int64_t ow = 0; ow < Wo; ow += 8) {
+    const int64_t w0 = 2 * ow;
+    // Columns past the row read 0 and reach only outputs >= Wo.
+    __m256 vlo, vhi, alo, ahi;
+    vertical_3_lanes<WithArg>(top, W, w0, rows, vlo, alo);
+    vertical_3_lanes<WithArg>(top, W, w0 + 8, rows, vhi, ahi);
+    // Column w0 + 16 in every lane, through the same vector comparisons (branch-free).
+    __m256 v16 = _mm256_setzero_ps(), a16 = _mm256_setzero_ps();
+    if (w0 + 16 < W)
+      vertical_3<WithArg>(_mm256_broadcast_ss(top + w0 + 16), _mm256_broadcast_ss(r1 + w0 + 16),
+                          _mm256_broadcast_ss(r2 + w0 + 16), rows, v16, a16);
+    __m256 c0, c1, c2;
+    columns_from_lanes(vlo, vhi, v16, c0, c1, c2);
+    const int64_t left = Wo - ow;
+    if constexpr (!WithArg) {
+      const __m256 y = nan_max8(nan_max8(c0, c1), c2);
+      if (left >= 8)
+        _mm256_storeu_ps(yrow + ow, y);
+      else
+        _mm256_maskstore_ps(yrow + ow, first_lanes(left), y);
     } else {
-      const __m256i m = first_lanes(W - i);
-      x0 = _mm256_maskload_ps(r0 + i, m), x1 = _mm256_maskload_ps(r1 + i, m), x2 = _mm256_maskload_ps(r2 + i, m);
+      const __m256 c[3] = {c0, c1, c2};
+      __m256 r[3];
+      columns_from_lanes(alo, ahi, a16, r[0], r[1], r[2]);  // int32 bits, moved only
+      store_window_argmax(c, r, w0, W, yrow + ow, arow + ow, left);
     }
-    const __m256 t1 = _mm256_or_ps(_mm256_cmp_ps(x1, x0, _CMP_GT_OQ), _mm256_cmp_ps(x1, x1, _CMP_UNORD_Q));
-    const __m256 m1 = _mm256_blendv_ps(x0, x1, t1);
-    const __m256 t2 = _mm256_or_ps(_mm256_cmp_ps(x2, m1, _CMP_GT_OQ), _mm256_cmp_ps(x2, x2, _CMP_UNORD_Q));
-    _mm256_storeu_ps(colmax + i, _mm256_blendv_ps(m1, x2, t2));
-    if constexpr (WithArg)
-      _mm256_storeu_ps(reinterpret_cast<float*>(colarg + i), _mm256_blendv_ps(_mm256_blendv_ps(a0, a1, t1), a2, t2));
   }
 }
 #endif
@@ -175,6 +257,15 @@ void max_pool_row(const T* xp, T* yrow, int64_t* arow, int64_t oh, const Pool2dS
   const T* top = xp + hs * s.W;
   bool vertical_done = false;
 #if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>)
+    if (he - hs == 3 && s.kw == 3 && s.sw == 2 && s.pw == 0 && s.Wo <= (s.W - 3) / 2 + 1 &&
+        (arow == nullptr || s.H * s.W < (int64_t{1} << 31))) {  // every window inside the row
+      if (arow != nullptr)
+        max_row_3x2_fused_avx2<true>(top, s.W, static_cast<int32_t>(hs), yrow, arow, s.Wo);
+      else
+        max_row_3x2_fused_avx2<false>(top, s.W, static_cast<int32_t>(hs), yrow, arow, s.Wo);
+      return;
+    }
   if constexpr (std::is_same_v<T, float>)
     if (he - hs == 3) {
       if (arow != nullptr)
