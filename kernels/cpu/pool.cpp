@@ -255,11 +255,15 @@ void max_pool_row(const T* xp, T* yrow, int64_t* arow, int64_t oh, const Pool2dS
   const int64_t h0 = oh * s.sh - s.ph;
   const int64_t hs = h0 < 0 ? 0 : h0, he = h0 + s.kh < s.H ? h0 + s.kh : s.H;
   const T* top = xp + hs * s.W;
+  // The windows [first, last) lie inside the row; the others are its edges.
+  const int64_t first = (s.pw + s.sw - 1) / s.sw;  // first ow whose window starts at >= 0
+  int64_t last = s.W - s.kw + s.pw >= 0 ? (s.W - s.kw + s.pw) / s.sw + 1 : 0;  // windows ending <= W
+  last = std::max(first, std::min(last, s.Wo));
   bool vertical_done = false;
 #if defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>)
-    if (he - hs == 3 && s.kw == 3 && s.sw == 2 && s.pw == 0 && s.Wo <= (s.W - 3) / 2 + 1 &&
-        (arow == nullptr || s.H * s.W < (int64_t{1} << 31))) {  // every window inside the row
+    if (he - hs == 3 && s.kw == 3 && s.sw == 2 && first == 0 && last == s.Wo &&
+        (arow == nullptr || s.H * s.W < (int64_t{1} << 31))) {  // no edges: the fused pass
       if (arow != nullptr)
         max_row_3x2_fused_avx2<true>(top, s.W, static_cast<int32_t>(hs), yrow, arow, s.Wo);
       else
@@ -296,12 +300,9 @@ void max_pool_row(const T* xp, T* yrow, int64_t* arow, int64_t oh, const Pool2dS
       }
     }
   }
-  // The windows that lie inside the row (all of them, without padding) in a branch-free
-  // loop that vectorises, with the window fixed at 3 wide and stride 2 (every max-pool of
-  // AlexNet and SqueezeNet); the edges in the general loops below.
-  const int64_t first = (s.pw + s.sw - 1) / s.sw;  // first ow whose window starts at >= 0
-  int64_t last = s.W - s.kw + s.pw >= 0 ? (s.W - s.kw + s.pw) / s.sw + 1 : 0;  // windows ending <= W
-  last = std::max(first, std::min(last, s.Wo));
+  // The windows that lie inside the row in a branch-free loop that vectorises, with the
+  // window fixed at 3 wide and stride 2 (every max-pool of AlexNet and SqueezeNet); the
+  // edges in the general loops below.
   [[maybe_unused]] const bool avx2 = std::is_same_v<T, float> && s.kw == 3 && s.sw == 2;
   if (arow == nullptr) {
     int64_t done = first;
