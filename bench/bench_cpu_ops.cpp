@@ -25,7 +25,10 @@
 //   MaxPool/<layer> (the three pools, forward without the argmax), Relu.
 //   MaxPoolTrain/<layer>/forward|backward (with the argmax, batch 64), Axpby (y = a x + b z),
 //   SumAll, LogSoftmax/forward|backward (rows of 1000), Sgd (a momentum step over
-//   AlexNet's 61.1 M parameters): memory-bound, GB/s and share of the memcpy bandwidth.
+//   AlexNet's 61.1 M parameters), ReluBackward, Mul (dropout's backward), Dropout (its
+//   forward: a Philox draw per element), RandomFill/uniform|normal (weight initialisation), Cat|Split
+//   (SqueezeNet's Fire concatenation), AdaptiveAvgPool (SqueezeNet's global pool and
+//   AlexNet's 6 x 6): memory-bound, GB/s and share of the memcpy bandwidth.
 //
 //   build/bin/bench_cpu_ops --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 //   (--benchmark_filter=Conv/conv2 and the like for a part)
@@ -51,6 +54,7 @@
 #include "engine/autograd.h"
 #include "engine/ops.h"
 #include "engine/random.h"
+#include "kernels/cat.h"
 #include "kernels/conv.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
@@ -473,6 +477,94 @@ void BM_SumAll(benchmark::State& state) {
   set_bytes(state, 4.0 * static_cast<double>(n), sec);
 }
 
+// Two arrays read, one written (12 bytes an element): ReLU's backward (gx = gy where
+// y > 0) or the elementwise product (dropout's backward, gy * mask).
+void BM_Binary(benchmark::State& state, bool relu_backward) {
+  const int64_t n = state.range(0);
+  Generator g(9);
+  Tensor a = Tensor::randn({n}, g), b = Tensor::randn({n}, g), y = Tensor::empty({n});
+  const double sec = timed(state, [&] {
+    if (relu_backward)
+      kernels::relu_backward_cpu<float>(a.data<float>(), b.data<float>(), y.data<float>(), n);
+    else
+      kernels::mul_cpu<float>(a.data<float>(), b.data<float>(), y.data<float>(), n);
+    benchmark::ClobberMemory();
+  });
+  set_bytes(state, 12.0 * static_cast<double>(n), sec);
+}
+
+// Dropout's forward with p = 0.5: a Philox draw per element, x read, the mask and y
+// written (12 bytes an element). AlexNet drops fc6's and fc7's inputs: [N, 9216] and
+// [N, 4096].
+void BM_Dropout(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  Generator g(11);
+  Tensor x = Tensor::randn({n}, g), mask = Tensor::empty({n}), y = Tensor::empty({n});
+  uint64_t offset = 0;
+  const double sec = timed(state, [&] {
+    kernels::dropout_forward_cpu<float>(x.data<float>(), mask.data<float>(), y.data<float>(), 0.5f, 1234, offset, n);
+    offset += static_cast<uint64_t>(n);
+    benchmark::ClobberMemory();
+  });
+  set_bytes(state, 12.0 * static_cast<double>(n), sec);
+}
+
+// Random fills (weight initialisation: torch.nn's default for Conv2d and Linear is
+// uniform): a Philox draw per element (and Box-Muller for the normal), 4 bytes written.
+void BM_RandomFill(benchmark::State& state, bool normal) {
+  const int64_t n = state.range(0);
+  Tensor y = Tensor::empty({n});
+  const double sec = timed(state, [&] {
+    if (normal)
+      kernels::normal_cpu<float>(y.data<float>(), 0.0f, 0.01f, 1234, 0, n);
+    else
+      kernels::uniform_cpu<float>(y.data<float>(), -0.01f, 0.01f, 1234, 0, n);
+    benchmark::ClobberMemory();
+  });
+  set_bytes(state, 4.0 * static_cast<double>(n), sec);
+}
+
+// Concatenation along channels and its adjoint, as SqueezeNet's Fire modules run them:
+// two [N, 64, 55, 55] expand outputs into [N, 128, 55, 55] (fire2/fire3 at batch N);
+// every byte read once and written once.
+void BM_Cat(benchmark::State& state, bool split) {
+  const int64_t N = state.range(0), C = 64, HW = 55 * 55;
+  Generator g(12);
+  Tensor a = Tensor::randn({N, C, HW}, g), b = Tensor::randn({N, C, HW}, g), y = Tensor::randn({N, 2 * C, HW}, g);
+  const std::vector<int64_t> sizes = {C, C};
+  const double sec = timed(state, [&] {
+    if (split)
+      kernels::split_cpu<float>(y.data<float>(), {a.data<float>(), b.data<float>()}, sizes, N, HW);
+    else
+      kernels::cat_cpu<float>({a.data<float>(), b.data<float>()}, sizes, y.data<float>(), N, HW);
+    benchmark::ClobberMemory();
+  });
+  set_bytes(state, 2.0 * 4.0 * static_cast<double>(y.numel()), sec);
+}
+
+// Adaptive average pooling at batch N: SqueezeNet's global pool ([N, 1000, 13, 13] ->
+// 1 x 1) and AlexNet's ([N, 256, 6, 6] -> 6 x 6, one element a window). Forward: x read,
+// y written; backward: gy read, gx written.
+struct AvgPoolCase {
+  int64_t C, H, Ho;
+};
+const AvgPoolCase kAvgPools[] = {{1000, 13, 1}, {256, 6, 6}};
+
+void BM_AdaptiveAvgPool(benchmark::State& state, int which, bool backward) {
+  const AvgPoolCase p = kAvgPools[which];
+  const int64_t N = state.range(0), NC = N * p.C;
+  Generator g(13);
+  Tensor x = Tensor::randn({N, p.C, p.H, p.H}, g), y = Tensor::randn({N, p.C, p.Ho, p.Ho}, g);
+  const double sec = timed(state, [&] {
+    if (backward)
+      kernels::adaptive_avg_pool2d_backward_cpu<float>(y.data<float>(), x.data<float>(), NC, p.H, p.H, p.Ho, p.Ho);
+    else
+      kernels::adaptive_avg_pool2d_forward_cpu<float>(x.data<float>(), y.data<float>(), NC, p.H, p.H, p.Ho, p.Ho);
+    benchmark::ClobberMemory();
+  });
+  set_bytes(state, 4.0 * static_cast<double>(x.numel() + y.numel()), sec);
+}
+
 void register_all() {
   const std::vector<int64_t> batches = {1, 64, 128};
   benchmark::RegisterBenchmark("Ceiling", BM_Ceiling)->Iterations(1);
@@ -543,6 +635,35 @@ void register_all() {
         ->Arg(4096)
         ->UseRealTime();
   benchmark::RegisterBenchmark("Sgd", BM_Sgd)->Arg(61'100'840)->Unit(benchmark::kMillisecond)->UseRealTime();
+  for (bool relu_backward : {true, false})
+    benchmark::RegisterBenchmark(relu_backward ? "ReluBackward" : "Mul", BM_Binary, relu_backward)
+        ->Arg(1 << 22)
+        ->Arg(1 << 25)
+        ->UseRealTime();
+  benchmark::RegisterBenchmark("Dropout", BM_Dropout)
+      ->Arg(64 * 4096)
+      ->Arg(64 * 9216)
+      ->Arg(128 * 9216)
+      ->Arg(1 << 25)
+      ->UseRealTime();
+  for (bool normal : {false, true})
+    benchmark::RegisterBenchmark(normal ? "RandomFill/normal" : "RandomFill/uniform", BM_RandomFill, normal)
+        ->Arg(1 << 22)
+        ->UseRealTime();
+  for (bool split : {false, true})
+    benchmark::RegisterBenchmark(split ? "Split/fire_expand" : "Cat/fire_expand", BM_Cat, split)
+        ->Arg(1)
+        ->Arg(64)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  for (int which = 0; which < 2; ++which)
+    for (bool backward : {false, true})
+      benchmark::RegisterBenchmark((std::string("AdaptiveAvgPool/") + (which == 0 ? "global_1000x13x13" : "alexnet_256x6x6") +
+                                    (backward ? "/backward" : "/forward"))
+                                       .c_str(),
+                                   BM_AdaptiveAvgPool, which, backward)
+          ->Arg(64)
+          ->UseRealTime();
 }
 
 }  // namespace

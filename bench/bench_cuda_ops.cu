@@ -7,8 +7,10 @@
 //   gemm/      gemm_tiled_cuda against gemm_cuda (cuBLAS) on fc6, fc7 and fc8 at batch
 //              1, 64 and 128 (y = x W^T, as linear calls it) and 4096^3
 //   conv/      conv2d_forward_im2col_cuda against conv2d_forward_cudnn, conv1..conv5 at batch 64
-//   relu/, relu_bwd/, max_pool2d_*/, softmax_fwd/, log_softmax_*/   memory-bound kernels
-//              against cuDNN's activation, pooling and softmax on the same shapes
+//   relu/, relu_bwd/, max_pool2d_*/, softmax_fwd/, log_softmax_*/, adaptive_avg_pool2d_*/,
+//              dropout_fwd/, mul/   memory-bound kernels against cuDNN's activation,
+//              pooling, softmax, dropout and OpTensor on the same shapes
+//   cat/, split/   SqueezeNet's Fire concatenation (the same-bytes copy as reference)
 //   axpby/, sum_all/   against cuBLAS's SAXPY and SASUM (the same bytes moved)
 //   sgd_step/  the momentum step over AlexNet's parameters (the copy ceiling only)
 // Counters: GFLOP/s or GB/s; frac_of_copy (GB/s over the measured copy bandwidth) and
@@ -26,9 +28,11 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
+#include "kernels/cat.h"
 #include "kernels/common.h"
 #include "kernels/conv.h"
 #include "kernels/cuda/check.cuh"
@@ -292,9 +296,9 @@ struct TensorDesc {
 
 struct PoolDesc {
   cudnnPoolingDescriptor_t d = nullptr;
-  PoolDesc(int k, int s, int p) {
+  PoolDesc(int k, int s, int p, cudnnPoolingMode_t mode = CUDNN_POOLING_MAX) {
     CUDNN_CHECK(cudnnCreatePoolingDescriptor(&d));
-    CUDNN_CHECK(cudnnSetPooling2dDescriptor(d, CUDNN_POOLING_MAX, CUDNN_NOT_PROPAGATE_NAN, k, k, p, p, s, s));
+    CUDNN_CHECK(cudnnSetPooling2dDescriptor(d, mode, CUDNN_NOT_PROPAGATE_NAN, k, k, p, p, s, s));
   }
   ~PoolDesc() { cudnnDestroyPoolingDescriptor(d); }
   PoolDesc(const PoolDesc&) = delete;
@@ -310,6 +314,15 @@ struct ReluDesc {
   ~ReluDesc() { cudnnDestroyActivationDescriptor(d); }
   ReluDesc(const ReluDesc&) = delete;
   ReluDesc& operator=(const ReluDesc&) = delete;
+};
+
+// A cuDNN descriptor created on construction and destroyed on scope exit.
+template <typename D, cudnnStatus_t (*Create)(D*), cudnnStatus_t (*Destroy)(D)> struct CudnnDescriptor {
+  D d = nullptr;
+  CudnnDescriptor() { CUDNN_CHECK(Create(&d)); }
+  ~CudnnDescriptor() { Destroy(d); }
+  CudnnDescriptor(const CudnnDescriptor&) = delete;
+  CudnnDescriptor& operator=(const CudnnDescriptor&) = delete;
 };
 
 const float kOne = 1.0f, kZero = 0.0f;
@@ -459,6 +472,113 @@ void bm_log_softmax(benchmark::State& state, int64_t rows, bool backward, bool o
   });
 }
 
+// adaptive_avg_pool2d at batch 64: SqueezeNet's global pool ([64, 1000, 13, 13] -> 1 x 1)
+// and AlexNet's ([64, 256, 6, 6] -> 6 x 6, windows of one element), beside cuDNN's average
+// pooling with the same windows (13 x 13 stride 13; 1 x 1 stride 1). Forward: x read, y
+// written; backward: gy read, gx written (cuDNN's backward is also handed x and y).
+void bm_adaptive_avg_pool(benchmark::State& state, int64_t C, int64_t H, int64_t Ho, bool backward, bool ours) {
+  guarded(state, [&] {
+    const int64_t N = 64, nx = N * C * H * H, ny = N * C * Ho * Ho;
+    DeviceArray<float> x(static_cast<std::size_t>(nx)), y(static_cast<std::size_t>(ny));
+    DeviceArray<float> gy(static_cast<std::size_t>(ny)), gx(static_cast<std::size_t>(nx));
+    randomize(x, 22);
+    randomize(gy, 23);
+    const TensorDesc xd(N, C, H, H), yd(N, C, Ho, Ho);
+    const int k = static_cast<int>(H / Ho);
+    const PoolDesc pool(k, k, 0, CUDNN_POOLING_AVERAGE_COUNT_EXCLUDE_PADDING);
+    const cudnnHandle_t h = cuda::cudnn_handle();
+    std::function<void()> ours_op, cudnn_op;
+    if (backward) {
+      ours_op = [&] { kernels::adaptive_avg_pool2d_backward_cuda<float>(gy.get(), gx.get(), N * C, H, H, Ho, Ho); };
+      cudnn_op = [&] {
+        CUDNN_CHECK(cudnnPoolingBackward(h, pool.d, &kOne, yd.d, y.get(), yd.d, gy.get(), xd.d, x.get(), &kZero, xd.d,
+                                         gx.get()));
+      };
+    } else {
+      ours_op = [&] { kernels::adaptive_avg_pool2d_forward_cuda<float>(x.get(), y.get(), N * C, H, H, Ho, Ho); };
+      cudnn_op = [&] {
+        CUDNN_CHECK(cudnnPoolingForward(h, pool.d, &kOne, xd.d, x.get(), &kZero, yd.d, y.get()));
+      };
+    }
+    kernels::adaptive_avg_pool2d_forward_cuda<float>(x.get(), y.get(), N * C, H, H, Ho, Ho);
+    const double s = ours ? run_timed(state, ours_op) : run_timed(state, cudnn_op);
+    state.counters["frac_of_cudnn"] = ours ? median_seconds(cudnn_op) / s : 1.0;
+    set_gbps(state, 4.0 * static_cast<double>(nx + ny), s);
+  });
+}
+
+// Dropout's forward (p = 0.5) on n elements: ours draws Philox per element and writes the
+// mask and y (12 bytes an element counted); cuDNN's keeps its generator's state on the
+// device and writes y and a reserve space of its own. Compared by time.
+void bm_dropout(benchmark::State& state, int64_t n, bool ours) {
+  guarded(state, [&] {
+    DeviceArray<float> x(static_cast<std::size_t>(n)), mask(static_cast<std::size_t>(n)), y(static_cast<std::size_t>(n));
+    randomize(x, 24);
+    const cudnnHandle_t h = cuda::cudnn_handle();
+    const TensorDesc t(n, 1, 1, 1);
+    const CudnnDescriptor<cudnnDropoutDescriptor_t, cudnnCreateDropoutDescriptor, cudnnDestroyDropoutDescriptor> dd;
+    std::size_t state_bytes = 0, reserve_bytes = 0;
+    CUDNN_CHECK(cudnnDropoutGetStatesSize(h, &state_bytes));
+    CUDNN_CHECK(cudnnDropoutGetReserveSpaceSize(t.d, &reserve_bytes));
+    DeviceArray<char> states(state_bytes), reserve(reserve_bytes);
+    CUDNN_CHECK(cudnnSetDropoutDescriptor(dd.d, h, 0.5f, states.get(), state_bytes, 1234));
+    uint64_t offset = 0;
+    auto ours_op = [&] {
+      kernels::dropout_forward_cuda<float>(x.get(), mask.get(), y.get(), 0.5f, 1234, offset, n);
+      offset += static_cast<uint64_t>(n);
+    };
+    auto cudnn_op = [&] {
+      CUDNN_CHECK(cudnnDropoutForward(h, dd.d, t.d, x.get(), t.d, y.get(), reserve.get(), reserve_bytes));
+    };
+    const double s = ours ? run_timed(state, ours_op) : run_timed(state, cudnn_op);
+    state.counters["frac_of_cudnn"] = ours ? median_seconds(cudnn_op) / s : 1.0;
+    set_gbps(state, 12.0 * static_cast<double>(n), s);
+  });
+}
+
+// The elementwise product (dropout's backward, gy * mask) over n floats, beside cuDNN's
+// OpTensor multiply: both read two arrays and write one (12 bytes an element).
+void bm_mul(benchmark::State& state, int64_t n, bool ours) {
+  guarded(state, [&] {
+    DeviceArray<float> a(static_cast<std::size_t>(n)), b(static_cast<std::size_t>(n)), y(static_cast<std::size_t>(n));
+    randomize(a, 25);
+    randomize(b, 26);
+    const cudnnHandle_t h = cuda::cudnn_handle();
+    const TensorDesc t(n, 1, 1, 1);
+    const CudnnDescriptor<cudnnOpTensorDescriptor_t, cudnnCreateOpTensorDescriptor, cudnnDestroyOpTensorDescriptor> od;
+    CUDNN_CHECK(cudnnSetOpTensorDescriptor(od.d, CUDNN_OP_TENSOR_MUL, CUDNN_DATA_FLOAT, CUDNN_NOT_PROPAGATE_NAN));
+    auto ours_op = [&] { kernels::mul_cuda<float>(a.get(), b.get(), y.get(), n); };
+    auto cudnn_op = [&] {
+      CUDNN_CHECK(cudnnOpTensor(h, od.d, &kOne, t.d, a.get(), &kOne, t.d, b.get(), &kZero, t.d, y.get()));
+    };
+    const double s = ours ? run_timed(state, ours_op) : run_timed(state, cudnn_op);
+    state.counters["frac_of_cudnn"] = ours ? median_seconds(cudnn_op) / s : 1.0;
+    set_gbps(state, 12.0 * static_cast<double>(n), s);
+  });
+}
+
+// SqueezeNet's Fire concatenation at batch 64: two [64, 64, 55, 55] expand outputs into
+// [64, 128, 55, 55] (cat), or back out (split). One strided copy per input; the
+// reference is frac_of_same_copy, a flat copy of the same bytes.
+void bm_cat(benchmark::State& state, bool split) {
+  guarded(state, [&] {
+    const int64_t N = 64, C = 64, HW = 55 * 55, half = N * C * HW;
+    DeviceArray<float> a(static_cast<std::size_t>(half)), b(static_cast<std::size_t>(half));
+    DeviceArray<float> y(static_cast<std::size_t>(2 * half));
+    randomize(a, 27);
+    randomize(b, 28);
+    randomize(y, 29);
+    const std::vector<int64_t> sizes = {C, C};
+    const double s = run_timed(state, [&] {
+      if (split)
+        kernels::split_cuda<float>(y.get(), {a.get(), b.get()}, sizes, N, HW);
+      else
+        kernels::cat_cuda<float>({a.get(), b.get()}, sizes, y.get(), N, HW);
+    });
+    set_gbps(state, 2.0 * 4.0 * static_cast<double>(2 * half), s);
+  });
+}
+
 // Times ours_op (ours) or cublas_op for the row and sets frac_of_cublas; the engine's
 // cuBLAS handle is in device pointer mode meanwhile (so that scalars and a reduction's
 // result stay on the device and nothing synchronises), restored afterwards. Returns the
@@ -584,6 +704,21 @@ void register_all() {
   for (bool backward : {false, true})
     pair(std::string(backward ? "log_softmax_bwd" : "log_softmax_fwd") + "/8192x1000",
          [backward](benchmark::State& st, bool ours) { bm_log_softmax(st, 8192, backward, ours); });
+
+  for (const auto& [C, H, Ho] : {std::tuple<int64_t, int64_t, int64_t>{1000, 13, 1}, {256, 6, 6}})
+    for (bool backward : {false, true}) {
+      const std::string shape = "/64x" + std::to_string(C) + "x" + std::to_string(H) + "x" + std::to_string(H) +
+                                "_to_" + std::to_string(Ho) + "x" + std::to_string(Ho);
+      pair(std::string(backward ? "adaptive_avg_pool2d_bwd" : "adaptive_avg_pool2d_fwd") + shape,
+           [C = C, H = H, Ho = Ho, backward](benchmark::State& st, bool ours) {
+             bm_adaptive_avg_pool(st, C, H, Ho, backward, ours);
+           });
+    }
+  for (int64_t n : {int64_t(128) * 9216, int64_t(1) << 25})
+    pair("dropout_fwd/" + std::to_string(n), [n](benchmark::State& st, bool ours) { bm_dropout(st, n, ours); });
+  pair("mul/2^25", [](benchmark::State& st, bool ours) { bm_mul(st, int64_t(1) << 25, ours); });
+  add("cat/fire_expand_64x2x64x55x55/ours", [](benchmark::State& st) { bm_cat(st, false); });
+  add("split/fire_expand_64x2x64x55x55/ours", [](benchmark::State& st) { bm_cat(st, true); });
 
   // Against cuBLAS's nearest routines, which move the same bytes.
   const int64_t n = int64_t(1) << 25;

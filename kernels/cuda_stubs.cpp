@@ -58,6 +58,7 @@ void max_pool2d_backward_cuda(const T*, const int64_t*, T*, const Pool2dShape&) 
 template <typename T> void max_pool2d_forward_cuda_on_host(const T*, T*, int64_t*, const Pool2dShape&, bool) { no_cuda(); }
 template <typename T>
 void max_pool2d_backward_cuda_on_host(const T*, const int64_t*, T*, const Pool2dShape&, bool) { no_cuda(); }
+template <typename T> void adaptive_avg_pool2d_forward_cuda_on_host(const T*, T*, int64_t, int64_t, int64_t) { no_cuda(); }
 template <typename T>
 void adaptive_avg_pool2d_forward_cuda(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t) { no_cuda(); }
 template <typename T>
@@ -125,6 +126,7 @@ void conv2d_forward_im2col_cuda(const T*, const T*, const T*, T*, const Conv2dSh
   template void max_pool2d_backward_cuda<T>(const T*, const int64_t*, T*, const Pool2dShape&);      \
   template void max_pool2d_forward_cuda_on_host<T>(const T*, T*, int64_t*, const Pool2dShape&, bool); \
   template void max_pool2d_backward_cuda_on_host<T>(const T*, const int64_t*, T*, const Pool2dShape&, bool); \
+  template void adaptive_avg_pool2d_forward_cuda_on_host<T>(const T*, T*, int64_t, int64_t, int64_t); \
   template void adaptive_avg_pool2d_forward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t,        \
                                                     int64_t, int64_t);                              \
   template void adaptive_avg_pool2d_backward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t,       \

@@ -47,6 +47,10 @@ void max_pool2d_backward_cuda_on_host(const T* gy, const int64_t* argmax, T* gx,
 template <typename T>
 void adaptive_avg_pool2d_forward_cuda(const T* x, T* y, int64_t NC, int64_t H, int64_t W,
                                       int64_t Ho, int64_t Wo);
+// For tests: the global average pool's warp code (Ho = Wo = 1) run on the host, 32 threads
+// a plane with the shuffles' order of summation. Host pointers.
+template <typename T>
+void adaptive_avg_pool2d_forward_cuda_on_host(const T* x, T* y, int64_t NC, int64_t H, int64_t W);
 template <typename T>
 void adaptive_avg_pool2d_backward_cuda(const T* gy, T* gx, int64_t NC, int64_t H, int64_t W,
                                        int64_t Ho, int64_t Wo);

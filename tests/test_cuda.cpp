@@ -11,6 +11,7 @@
 // last bits. Copies, relu, abs_max, concatenation and the dropout kernel's masks
 // compare exactly.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -561,6 +562,57 @@ TEST(CudaKernelsOnHost, MaxPoolCodeMatchesCpuBitForBit) {
       expect_max_pool_code_matches_cpu<double>(c, seed + 7, flat);
     }
     seed += 17;
+  }
+#endif
+}
+
+// The global average pool's warp code: lane l sums elements l, l + 32, ..., then the
+// lanes combine in the shuffles' order. On integer-valued inputs every sum is exact
+// whatever the order, so the means must equal the CPU's bit for bit (an element missed or
+// counted twice shows); on random inputs they agree to the rounding of the sums.
+template <typename T>
+void expect_global_pool_code_matches_cpu(int64_t NC, int64_t H, int64_t W, uint64_t seed) {
+  const int64_t hw = H * W, n = NC * hw;
+  const Tensor r = randn({n}, seed);
+  std::vector<T> whole(static_cast<size_t>(n)), random(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = r.data<double>()[i];
+    random[static_cast<size_t>(i)] = static_cast<T>(v);
+    whole[static_cast<size_t>(i)] = static_cast<T>(std::floor(8 * v));
+  }
+  for (const bool exact : {true, false}) {
+    SCOPED_TRACE(exact ? "integer-valued inputs" : "random inputs");
+    const std::vector<T>& x = exact ? whole : random;
+    std::vector<T> y_cpu(static_cast<size_t>(NC)), y_dev(static_cast<size_t>(NC), T(-7));
+    kernels::adaptive_avg_pool2d_forward_cpu<T>(x.data(), y_cpu.data(), NC, H, W, 1, 1);
+    kernels::adaptive_avg_pool2d_forward_cuda_on_host<T>(x.data(), y_dev.data(), NC, H, W);
+    for (int64_t p = 0; p < NC; ++p) {
+      const size_t k = static_cast<size_t>(p);
+      if (exact) {
+        EXPECT_EQ(0, std::memcmp(&y_dev[k], &y_cpu[k], sizeof(T))) << "plane " << p << ": " << y_dev[k] << " vs " << y_cpu[k];
+      } else {
+        double abs_sum = 0;
+        for (int64_t i = 0; i < hw; ++i) abs_sum += std::abs(static_cast<double>(x[static_cast<size_t>(p * hw + i)]));
+        // Either order's sum is within (hw - 1) eps sum|x| of the exact one; so each mean
+        // within eps sum|x| (the division's rounding included, loosely).
+        const double tol = 4.0 * std::numeric_limits<T>::epsilon() * abs_sum;
+        EXPECT_NEAR(static_cast<double>(y_dev[k]), static_cast<double>(y_cpu[k]), tol) << "plane " << p;
+      }
+    }
+  }
+}
+
+TEST(CudaKernelsOnHost, GlobalAvgPoolWarpCodeMatchesCpu) {
+#if !ENGINE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA: no kernel code to run";
+#else
+  // Planes of 1, fewer than 32, exactly 32, 33, SqueezeNet's 13 x 13 and 1000 elements.
+  const std::array<std::array<int64_t, 3>, 6> shapes = {{{3, 1, 1}, {2, 5, 4}, {3, 4, 8}, {2, 3, 11}, {5, 13, 13}, {2, 25, 40}}};
+  uint64_t seed = 260;
+  for (const auto& [NC, H, W] : shapes) {
+    SCOPED_TRACE(std::to_string(NC) + " planes of " + std::to_string(H) + " x " + std::to_string(W));
+    expect_global_pool_code_matches_cpu<float>(NC, H, W, seed++);
+    expect_global_pool_code_matches_cpu<double>(NC, H, W, seed++);
   }
 #endif
 }

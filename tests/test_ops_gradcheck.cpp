@@ -5,7 +5,11 @@
 // (relu, max_pool2d) get inputs far from their kinks and ties (testing_util::distinct).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <vector>
 
+#include "kernels/common.h"
+#include "kernels/elementwise.h"
 #include "tests/test_util.h"
 
 using namespace engine;
@@ -374,6 +378,49 @@ TEST(Dropout, GradcheckEvalIsIdentityF64) {
   Tensor x = leaf(randn({3, 7}, 601));
   EXPECT_GRADCHECK([](const TensorList& in) { return dropout(in[0], 0.5, /*training=*/false); }, {x});
   EXPECT_ALL_CLOSE(dropout(x.detach(), 0.5, false), x.detach(), 0, 0);
+}
+
+// The float kernel draws 8 counters at a time; every element must still be its own
+// Philox draw, as the scalar formula (and the CUDA kernel) computes it: lengths that are
+// no multiple of 8, a group whose counters' low word wraps, a high word above zero.
+TEST(Dropout, Float32KernelIsOnePhiloxDrawPerElement) {
+  const uint64_t seed = 0x0123456789ABCDEFull;
+  for (const uint64_t offset : {uint64_t{0}, uint64_t{12345}, (uint64_t{1} << 32) - 13, (uint64_t{5} << 32) - 3})
+    for (const int64_t n : {int64_t{1}, int64_t{7}, int64_t{8}, int64_t{1003}, int64_t{70001}}) {
+      const std::vector<double> xd = randn({n}, 602).to_vector<double>();
+      std::vector<float> x(xd.begin(), xd.end()), mask(static_cast<size_t>(n)), y(static_cast<size_t>(n));
+      const float p = 0.3f, scale = 1.0f / (1.0f - p);
+      kernels::dropout_forward_cpu<float>(x.data(), mask.data(), y.data(), p, seed, offset, n);
+      int64_t wrong = 0, kept = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const size_t k = static_cast<size_t>(i);
+        const float keep = kernels::philox_uniform<float>(seed, offset + static_cast<uint64_t>(i)) >= p ? scale : 0.0f;
+        if (std::memcmp(&mask[k], &keep, sizeof(float)) != 0 || y[k] != x[k] * keep) ++wrong;
+        kept += keep != 0.0f;
+      }
+      EXPECT_EQ(wrong, 0) << "offset " << offset << ", n " << n;
+      if (n > 1000) {
+        EXPECT_NEAR(static_cast<double>(kept) / static_cast<double>(n), 0.7, 0.05);
+      }
+    }
+}
+
+// Likewise the float uniform fill (weight initialisation): one Philox draw per element,
+// lo + (hi - lo) * u in one rounding.
+TEST(Uniform, Float32KernelIsOnePhiloxDrawPerElement) {
+  const uint64_t seed = 99;
+  for (const uint64_t offset : {uint64_t{3}, (uint64_t{1} << 32) - 5})
+    for (const int64_t n : {int64_t{5}, int64_t{1003}, int64_t{70001}}) {
+      std::vector<float> y(static_cast<size_t>(n));
+      const float lo = -0.3f, hi = 0.7f;
+      kernels::uniform_cpu<float>(y.data(), lo, hi, seed, offset, n);
+      int64_t wrong = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const float want = std::fma(hi - lo, kernels::philox_uniform<float>(seed, offset + static_cast<uint64_t>(i)), lo);
+        if (std::memcmp(&y[static_cast<size_t>(i)], &want, sizeof(float)) != 0) ++wrong;
+      }
+      EXPECT_EQ(wrong, 0) << "offset " << offset << ", n " << n;
+    }
 }
 
 // ---- reshape / flatten -------------------------------------------------------------------

@@ -1,12 +1,84 @@
 // CPU elementwise kernels; the per-element math is shared with CUDA (kernels/common.h).
 #include "kernels/elementwise.h"
 
+#include <cmath>
+#include <type_traits>
+
 #include "kernels/common.h"
+#include "kernels/cpu/avx2.h"
 
 namespace kernels {
 namespace {
 constexpr int64_t kParallelMin = 1 << 15;  // below this, threads cost more than they save
+
+#if defined(__AVX2__)
+// Philox4x32-10's first word for the 8 counters base, base + 1, ..., base + 7 (lane i:
+// counter base + i), the same integer operations as philox4x32_10 in kernels/common.h,
+// lane by lane. The 32x32 -> 64-bit products come from two _mm256_mul_epu32, one on the
+// even lanes and one on the odd. The caller keeps the low words from wrapping within
+// the 8 (their high word is then the same for all lanes).
+struct PhiloxKeys8 {
+  __m256i k0[10], k1[10];
+  explicit PhiloxKeys8(uint64_t seed) {
+    uint32_t a = static_cast<uint32_t>(seed), b = static_cast<uint32_t>(seed >> 32);
+    for (int r = 0; r < 10; ++r) {
+      k0[r] = _mm256_set1_epi32(static_cast<int32_t>(a));
+      k1[r] = _mm256_set1_epi32(static_cast<int32_t>(b));
+      a += 0x9E3779B9u;
+      b += 0xBB67AE85u;
+    }
+  }
+};
+
+inline void mulhilo32x8(__m256i a, __m256i m, __m256i* lo, __m256i* hi) {
+  const __m256i even = _mm256_mul_epu32(a, m), odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+  *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
+
+inline __m256i philox_word0_x8(const PhiloxKeys8& keys, uint64_t base) {
+  __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(base))),
+                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256i c1 = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(base >> 32)));
+  __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int32_t>(0xD2511F53u));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int32_t>(0xCD9E8D57u));
+  for (int r = 0; r < 10; ++r) {
+    __m256i lo0, hi0, lo1, hi1;
+    mulhilo32x8(c0, m0, &lo0, &hi0);
+    mulhilo32x8(c2, m1, &lo1, &hi1);
+    c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), keys.k0[r]);
+    c1 = lo1;
+    c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), keys.k1[r]);
+    c3 = lo0;
+  }
+  return c0;
+}
+
+// Float uniforms in [0, 1), 8 counters at a time: lane i of u is (word0 >> 8) * 2^-24 for
+// counter offset + i0 + i, exactly what philox_uniform<float> computes. Calls
+// vec(i0, u) for each group of 8 elements and one(i, u_i) for the rest, and for any
+// group whose counters' low word would wrap within it (done one by one instead).
+template <typename Vec, typename One>
+void for_float_uniforms(uint64_t seed, uint64_t offset, int64_t n, Vec&& vec, One&& one) {
+  const PhiloxKeys8 keys(seed);
+  const __m256 unit = _mm256_set1_ps(1.0f / 16777216.0f);
+  const int64_t groups = n / 8;
+#pragma omp parallel for if (n > kParallelMin)
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t i0 = g * 8;
+    const uint64_t base = offset + static_cast<uint64_t>(i0);
+    if (static_cast<uint32_t>(base) > 0xFFFFFFFFu - 7u) {
+      for (int64_t i = i0; i < i0 + 8; ++i) one(i, philox_uniform<float>(seed, offset + static_cast<uint64_t>(i)));
+      continue;
+    }
+    const __m256i w = _mm256_srli_epi32(philox_word0_x8(keys, base), 8);
+    vec(i0, _mm256_mul_ps(_mm256_cvtepi32_ps(w), unit));
+  }
+  for (int64_t i = groups * 8; i < n; ++i) one(i, philox_uniform<float>(seed, offset + static_cast<uint64_t>(i)));
+}
+#endif
+}  // namespace
 
 template <typename T> void relu_forward_cpu(const T* x, T* y, int64_t n) {
 #pragma omp parallel for simd if (n > kParallelMin)
@@ -50,9 +122,20 @@ template <typename From, typename To> void convert_cpu(const From* x, To* y, int
 
 template <typename T>
 void uniform_cpu(T* y, T lo, T hi, uint64_t seed, uint64_t offset, int64_t n) {
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 lov = _mm256_set1_ps(lo), span = _mm256_set1_ps(hi - lo);
+    for_float_uniforms(
+        seed, offset, n, [&](int64_t i, __m256 u) { _mm256_storeu_ps(y + i, _mm256_fmadd_ps(span, u, lov)); },
+        [&](int64_t i, float u) { y[i] = std::fma(hi - lo, u, lo); });
+    return;
+  }
+#endif
+  // One rounding, written out (a compiler may or may not contract lo + (hi - lo) * u),
+  // so that the vector path above and every build give the same bits.
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i)
-    y[i] = lo + (hi - lo) * philox_uniform<T>(seed, offset + static_cast<uint64_t>(i));
+    y[i] = std::fma(hi - lo, philox_uniform<T>(seed, offset + static_cast<uint64_t>(i)), lo);
 }
 
 template <typename T>
@@ -66,6 +149,24 @@ template <typename T>
 void dropout_forward_cpu(const T* x, T* mask, T* y, T p, uint64_t seed, uint64_t offset,
                          int64_t n) {
   const T scale = p < T(1) ? T(1) / (T(1) - p) : T(0);
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 pv = _mm256_set1_ps(p), sv = _mm256_set1_ps(scale);
+    for_float_uniforms(
+        seed, offset, n,
+        [&](int64_t i, __m256 u) {
+          const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(u, pv, _CMP_GE_OQ), sv);
+          _mm256_storeu_ps(mask + i, keep);
+          _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), keep));
+        },
+        [&](int64_t i, float u) {
+          const float keep = u >= p ? scale : 0.0f;
+          mask[i] = keep;
+          y[i] = x[i] * keep;
+        });
+    return;
+  }
+#endif
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
     const T keep = philox_uniform<T>(seed, offset + static_cast<uint64_t>(i)) >= p ? scale : T(0);

@@ -389,36 +389,65 @@ void max_pool2d_backward_cpu(const T* gy, const int64_t* argmax, T* gx, const Po
   }
 }
 
+namespace {
+
+// Adaptive windows [start[i], end[i]) along one axis, computed once per call rather than
+// by two divisions per output.
+struct AdaptiveWindows {
+  std::vector<int64_t> start, end;
+  AdaptiveWindows(int64_t out, int64_t in) : start(static_cast<size_t>(out)), end(static_cast<size_t>(out)) {
+    for (int64_t i = 0; i < out; ++i) {
+      start[static_cast<size_t>(i)] = adaptive_start(i, out, in);
+      end[static_cast<size_t>(i)] = adaptive_end(i, out, in);
+    }
+  }
+};
+
+// The means of one plane, each window summed in row-major order from +0.
+template <typename T>
+void adaptive_avg_plane(const T* x, T* y, int64_t W, const AdaptiveWindows& rows, const AdaptiveWindows& cols) {
+  const size_t Ho = rows.start.size(), Wo = cols.start.size();
+  for (size_t oh = 0; oh < Ho; ++oh)
+    for (size_t ow = 0; ow < Wo; ++ow) {
+      T acc = 0;
+      for (int64_t ih = rows.start[oh]; ih < rows.end[oh]; ++ih)
+        for (int64_t iw = cols.start[ow]; iw < cols.end[ow]; ++iw) acc += x[ih * W + iw];
+      y[oh * Wo + ow] = acc / static_cast<T>((rows.end[oh] - rows.start[oh]) * (cols.end[ow] - cols.start[ow]));
+    }
+}
+
+// Windows of one element (AlexNet's 6 x 6 -> 6 x 6 at 224 x 224 inputs), forward or
+// backward: the shortcut of the general sum, 0 + x over a count of 1, the same bits (-0
+// gives +0).
+template <typename T> void adaptive_avg_one_element_windows(const T* x, T* y, int64_t n) {
+#pragma omp parallel for simd if (n > (1 << 15))
+  for (int64_t i = 0; i < n; ++i) y[i] = T(0) + x[i];
+}
+
+}  // namespace
+
 template <typename T>
 void adaptive_avg_pool2d_forward_cpu(const T* x, T* y, int64_t NC, int64_t H, int64_t W,
                                      int64_t Ho, int64_t Wo) {
+  if (Ho == H && Wo == W) return adaptive_avg_one_element_windows(x, y, NC * H * W);
+  const AdaptiveWindows rows(Ho, H), cols(Wo, W);
 #pragma omp parallel for if (NC * H * W > (1 << 15))
-  for (int64_t pl = 0; pl < NC; ++pl) {
-    const T* xp = x + pl * H * W;
-    for (int64_t oh = 0; oh < Ho; ++oh) {
-      const int64_t hs = adaptive_start(oh, Ho, H), he = adaptive_end(oh, Ho, H);
-      for (int64_t ow = 0; ow < Wo; ++ow) {
-        const int64_t ws = adaptive_start(ow, Wo, W), we = adaptive_end(ow, Wo, W);
-        T acc = 0;
-        for (int64_t ih = hs; ih < he; ++ih)
-          for (int64_t iw = ws; iw < we; ++iw) acc += xp[ih * W + iw];
-        y[(pl * Ho + oh) * Wo + ow] = acc / static_cast<T>((he - hs) * (we - ws));
-      }
-    }
-  }
+  for (int64_t pl = 0; pl < NC; ++pl) adaptive_avg_plane<T>(x + pl * H * W, y + pl * Ho * Wo, W, rows, cols);
 }
 
 template <typename T>
 void adaptive_avg_pool2d_backward_cpu(const T* gy, T* gx, int64_t NC, int64_t H, int64_t W,
                                       int64_t Ho, int64_t Wo) {
+  if (Ho == H && Wo == W) return adaptive_avg_one_element_windows(gy, gx, NC * H * W);
+  const AdaptiveWindows rows(Ho, H), cols(Wo, W);
 #pragma omp parallel for if (NC * H * W > (1 << 15))
   for (int64_t pl = 0; pl < NC; ++pl) {
     T* gp = gx + pl * H * W;
     for (int64_t i = 0; i < H * W; ++i) gp[i] = T(0);
     for (int64_t oh = 0; oh < Ho; ++oh) {
-      const int64_t hs = adaptive_start(oh, Ho, H), he = adaptive_end(oh, Ho, H);
+      const int64_t hs = rows.start[static_cast<size_t>(oh)], he = rows.end[static_cast<size_t>(oh)];
       for (int64_t ow = 0; ow < Wo; ++ow) {
-        const int64_t ws = adaptive_start(ow, Wo, W), we = adaptive_end(ow, Wo, W);
+        const int64_t ws = cols.start[static_cast<size_t>(ow)], we = cols.end[static_cast<size_t>(ow)];
         const T g = gy[(pl * Ho + oh) * Wo + ow] / static_cast<T>((he - hs) * (we - ws));
         for (int64_t ih = hs; ih < he; ++ih)
           for (int64_t iw = ws; iw < we; ++iw) gp[ih * W + iw] += g;

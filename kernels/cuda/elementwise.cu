@@ -80,7 +80,7 @@ template <typename From, typename To> void convert_cuda(const From* x, To* y, in
 template <typename T>
 void uniform_cuda(T* y, T lo, T hi, uint64_t seed, uint64_t offset, int64_t n) {
   parallel_for(n, [=] __device__(int64_t i) {
-    y[i] = lo + (hi - lo) * philox_uniform<T>(seed, offset + static_cast<uint64_t>(i));
+    y[i] = ::fma(hi - lo, philox_uniform<T>(seed, offset + static_cast<uint64_t>(i)), lo);  // as on the CPU
   });
 }
 template <typename T>

@@ -6,10 +6,12 @@
 //   adaptive_avg_pool2d: window oh covers [floor(oh*H/Ho), ceil((oh+1)*H/Ho)) (same for
 //                        w); y = mean over it. Backward: gx = sum of gy / window size
 //                        over the windows that contain the element.
-// Memory-bound. Forward: one thread per output element. Backward: one thread per input
-// element gathers from the few windows that can contain it, in the CPU's order of
-// accumulation (oh, then ow ascending), so there are no atomics, results are
-// deterministic and agree with the CPU's scatter bit for bit.
+// Memory-bound. Forward: one thread per output element, but for a global average pool
+// (a warp per plane, summing in another order than the CPU's) and windows of one element
+// (a copy as the sum 0 + x). Backward: one thread per input element gathers from the few
+// windows that can contain it, in the CPU's order of accumulation (oh, then ow
+// ascending), so there are no atomics, results are deterministic and agree with the
+// CPU's scatter bit for bit.
 #include <algorithm>
 #include <limits>
 #include <stdexcept>
@@ -17,6 +19,8 @@
 
 #include "kernels/common.h"
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/host_threads.h"
+#include "kernels/cuda/warp.cuh"
 #include "kernels/pool.h"
 
 namespace kernels {
@@ -362,9 +366,48 @@ void max_pool2d_backward_cuda_on_host(const T* gy, const int64_t* argmax, T* gx,
       });
 }
 
+namespace {
+
+// Global average pooling (Ho = Wo = 1: SqueezeNet's last pool) takes a warp per plane,
+// whose lanes read neighbouring addresses, instead of one thread walking its whole
+// plane: lane l sums elements l, l + 32, ... in order, the lanes' sums combine in the
+// shuffles' butterfly order, and the mean is that sum over H * W. G is cuda::WarpGroup on
+// the device, cuda::HostWarp in adaptive_avg_pool2d_forward_cuda_on_host.
+template <typename T, typename G>
+__host__ __device__ __forceinline__ T plane_mean(const T* xp, int64_t hw, const G& g) {
+  T acc = 0;
+  for (int64_t i = g.rank(); i < hw; i += 32) acc += xp[i];
+  return g.sum(acc) / static_cast<T>(hw);
+}
+
+template <typename T> __global__ void global_avg_pool_kernel(const T* x, T* y, int64_t planes, int64_t hw) {
+  const int64_t warps = blockDim.x >> 5;
+  const cuda::WarpGroup g{static_cast<int>(threadIdx.x & 31)};
+  // p is the same for all lanes of a warp, so every lane takes part in the shuffles.
+  for (int64_t p = blockIdx.x * warps + (threadIdx.x >> 5); p < planes; p += gridDim.x * warps) {
+    const T m = plane_mean(x + p * hw, hw, g);
+    if (g.rank() == 0) y[p] = m;
+  }
+}
+
+constexpr int kGlobalPoolThreads = 256;
+
+}  // namespace
+
 template <typename T>
 void adaptive_avg_pool2d_forward_cuda(const T* x, T* y, int64_t NC, int64_t H, int64_t W,
                                       int64_t Ho, int64_t Wo) {
+  if (Ho == 1 && Wo == 1) {
+    if (NC <= 0) return;
+    global_avg_pool_kernel<T><<<cuda::grid_for(NC * 32, kGlobalPoolThreads), kGlobalPoolThreads, 0,
+                                cuda::stream()>>>(x, y, NC, H * W);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
+  if (Ho == H && Wo == W) {  // windows of one element (AlexNet's 6 x 6): the sum 0 + x over 1
+    parallel_for(NC * H * W, [=] __device__(int64_t i) { y[i] = T(0) + x[i]; });
+    return;
+  }
   parallel_for(NC * Ho * Wo, [=] __device__(int64_t k) {
     const int64_t ow = k % Wo, t = k / Wo;
     const int64_t oh = t % Ho, pl = t / Ho;
@@ -381,6 +424,15 @@ void adaptive_avg_pool2d_forward_cuda(const T* x, T* y, int64_t NC, int64_t H, i
 template <typename T>
 void adaptive_avg_pool2d_backward_cuda(const T* gy, T* gx, int64_t NC, int64_t H, int64_t W,
                                        int64_t Ho, int64_t Wo) {
+  if (Ho == H && Wo == W) {
+    parallel_for(NC * H * W, [=] __device__(int64_t i) { gx[i] = T(0) + gy[i]; });
+    return;
+  }
+  if (Ho == 1 && Wo == 1) {  // one window over the plane: the general gather's 0 + gy / (H * W)
+    const int64_t hw = H * W;
+    parallel_for(NC * hw, [=] __device__(int64_t i) { gx[i] = T(0) + gy[i / hw] / static_cast<T>(hw); });
+    return;
+  }
   parallel_for(NC * H * W, [=] __device__(int64_t k) {
     const int64_t iw = k % W, t = k / W;
     const int64_t ih = t % H, pl = t / H;
@@ -405,11 +457,21 @@ void adaptive_avg_pool2d_backward_cuda(const T* gy, T* gx, int64_t NC, int64_t H
   });
 }
 
+template <typename T>
+void adaptive_avg_pool2d_forward_cuda_on_host(const T* x, T* y, int64_t NC, int64_t H, int64_t W) {
+  for (int64_t p = 0; p < NC; ++p)
+    cuda::on_host_warp([&](const cuda::HostWarp& g) {
+      const T m = plane_mean(x + p * H * W, H * W, g);
+      if (g.rank() == 0) y[p] = m;
+    });
+}
+
 #define INSTANTIATE(T)                                                                        \
   template void max_pool2d_forward_cuda<T>(const T*, T*, int64_t*, const Pool2dShape&);       \
   template void max_pool2d_backward_cuda<T>(const T*, const int64_t*, T*, const Pool2dShape&); \
   template void max_pool2d_forward_cuda_on_host<T>(const T*, T*, int64_t*, const Pool2dShape&, bool); \
   template void max_pool2d_backward_cuda_on_host<T>(const T*, const int64_t*, T*, const Pool2dShape&, bool); \
+  template void adaptive_avg_pool2d_forward_cuda_on_host<T>(const T*, T*, int64_t, int64_t, int64_t); \
   template void adaptive_avg_pool2d_forward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t,  \
                                                     int64_t, int64_t);                        \
   template void adaptive_avg_pool2d_backward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t, \

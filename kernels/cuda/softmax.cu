@@ -22,28 +22,21 @@
 
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/host_threads.h"
+#include "kernels/cuda/warp.cuh"
 #include "kernels/cuda_runtime.h"
 #include "kernels/softmax.h"
 
 namespace kernels {
 namespace {
 
-constexpr unsigned kFullMask = 0xffffffffu;
+using cuda::max_of;
+using cuda::warp_max;
+using cuda::warp_sum;
+using cuda::WarpGroup;
+
 constexpr int kThreads = 256;          // 1-D blocks: a multiple of 32, at most 1024
 constexpr int kMeanThreads = 1024;     // the single block that averages per-row losses
 constexpr int64_t kWarpRowMax = 1024;  // rows up to this long get one warp each
-
-// std::max's rule (the CPU's): keeps m unless v is larger.
-template <typename T> __host__ __device__ __forceinline__ T max_of(T m, T v) { return m < v ? v : m; }
-
-template <typename A> __device__ __forceinline__ A warp_sum(A v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullMask, v, offset);
-  return v;
-}
-template <typename A> __device__ __forceinline__ A warp_max(A v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = max_of(v, __shfl_xor_sync(kFullMask, v, offset));
-  return v;
-}
 
 // The threads that share one row, and how they combine their values. Every member gets
 // the combined value.
@@ -52,13 +45,6 @@ struct ThreadGroup {  // a single thread
   __device__ __forceinline__ int64_t size() const { return 1; }
   template <typename A> __device__ __forceinline__ A sum(A v) const { return v; }
   template <typename A> __device__ __forceinline__ A max(A v) const { return v; }
-};
-
-struct WarpGroup {  // the 32 lanes of a warp
-  int lane;
-  __device__ __forceinline__ int64_t rank() const { return lane; }
-  template <typename A> __device__ __forceinline__ A sum(A v) const { return warp_sum(v); }
-  template <typename A> __device__ __forceinline__ A max(A v) const { return warp_max(v); }
 };
 
 struct BlockGroup {  // a whole 1-D block; smem holds 32 doubles (float and double fit)
