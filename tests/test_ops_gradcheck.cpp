@@ -3,6 +3,8 @@
 // every input that requires a gradient (x, weight and bias of the multi-input ops).
 // Shapes are small, odd and non-square; batch 1 and more than 1. Piecewise-linear ops
 // (relu, max_pool2d) get inputs far from their kinks and ties (testing_util::distinct).
+// Beside dropout's checks: the float dropout and uniform kernels, which draw 8 Philox
+// counters at a time, against the per-element formula, bit for bit.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
