@@ -392,6 +392,12 @@ template <typename T> __global__ void global_avg_pool_kernel(const T* x, T* y, i
 
 constexpr int kGlobalPoolThreads = 256;
 
+// Windows of one element (AlexNet's 6 x 6), forward or backward: the general sum's 0 + x
+// over a count of 1, the same bits.
+template <typename T> void one_element_windows(const T* x, T* y, int64_t n) {
+  parallel_for(n, [=] __device__(int64_t i) { y[i] = T(0) + x[i]; });
+}
+
 }  // namespace
 
 template <typename T>
@@ -404,10 +410,7 @@ void adaptive_avg_pool2d_forward_cuda(const T* x, T* y, int64_t NC, int64_t H, i
     CUDA_CHECK_LAUNCH();
     return;
   }
-  if (Ho == H && Wo == W) {  // windows of one element (AlexNet's 6 x 6): the sum 0 + x over 1
-    parallel_for(NC * H * W, [=] __device__(int64_t i) { y[i] = T(0) + x[i]; });
-    return;
-  }
+  if (Ho == H && Wo == W) return one_element_windows(x, y, NC * H * W);
   parallel_for(NC * Ho * Wo, [=] __device__(int64_t k) {
     const int64_t ow = k % Wo, t = k / Wo;
     const int64_t oh = t % Ho, pl = t / Ho;
@@ -424,10 +427,7 @@ void adaptive_avg_pool2d_forward_cuda(const T* x, T* y, int64_t NC, int64_t H, i
 template <typename T>
 void adaptive_avg_pool2d_backward_cuda(const T* gy, T* gx, int64_t NC, int64_t H, int64_t W,
                                        int64_t Ho, int64_t Wo) {
-  if (Ho == H && Wo == W) {
-    parallel_for(NC * H * W, [=] __device__(int64_t i) { gx[i] = T(0) + gy[i]; });
-    return;
-  }
+  if (Ho == H && Wo == W) return one_element_windows(gy, gx, NC * H * W);
   if (Ho == 1 && Wo == 1) {  // one window over the plane: the general gather's 0 + gy / (H * W)
     const int64_t hw = H * W;
     parallel_for(NC * hw, [=] __device__(int64_t i) { gx[i] = T(0) + gy[i / hw] / static_cast<T>(hw); });

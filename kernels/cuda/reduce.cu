@@ -14,13 +14,14 @@
 
 #include "kernels/common.h"
 #include "kernels/cuda/check.cuh"
+#include "kernels/cuda/warp.cuh"
 #include "kernels/cuda_runtime.h"
 #include "kernels/reduce.h"
 
 namespace kernels {
 namespace {
 
-constexpr unsigned kFullMask = 0xffffffffu;
+using cuda::kFullMask;
 constexpr int kThreads = 256;             // 1-D blocks: a multiple of 32, at most 1024
 constexpr int kFinishThreads = 1024;      // the single block that finishes sum_all
 constexpr int64_t kWarpRowMax = 1024;     // rows up to this long get one warp each
