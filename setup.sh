@@ -7,7 +7,8 @@ cd "$(dirname "$0")"
 
 packages=(
   build-essential cmake pkg-config
-  libhdf5-dev libpng-dev libjpeg62-turbo-dev libopenblas-dev libopenblas-openmp-dev libdnnl-dev
+  libhdf5-dev libpng-dev libjpeg62-turbo-dev libopenblas-dev libopenblas-openmp-dev
+  libdnnl-dev ocl-icd-opencl-dev  # oneDNN's CMake package requires OpenCL's (a Recommends, not a Depends)
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev nlohmann-json3-dev libfmt-dev libtcmalloc-minimal4
   python3 python3-numpy python3-h5py python3-torch python3-torchvision python3-pil

@@ -8,10 +8,10 @@
 //                        over the windows that contain the element.
 // Memory-bound. Forward: one thread per output element, but for a global average pool
 // (a warp per plane, summing in another order than the CPU's) and windows of one element
-// (a copy as the sum 0 + x). Backward: one thread per input element gathers from the few
-// windows that can contain it, in the CPU's order of accumulation (oh, then ow
-// ascending), so there are no atomics, results are deterministic and agree with the
-// CPU's scatter bit for bit.
+// (a copy as the sum 0 + x). Backward: a thread per input element (or per 2x2 block of
+// them) gathers from the few windows that can contain it, in the CPU's order of
+// accumulation (oh, then ow ascending), so there are no atomics, results are
+// deterministic and agree with the CPU's scatter bit for bit.
 #include <algorithm>
 #include <limits>
 #include <stdexcept>
@@ -46,18 +46,18 @@ __host__ __device__ __forceinline__ WindowRange windows_containing(int64_t i, in
 }  // namespace
 
 // Max-pool, two kernels per direction. The packed ones, where every index fits in int
-// (all of AlexNet's and SqueezeNet's shapes): one thread per element of all the planes,
-// its plane, row and column taken from the element's index by two FastDivs, so each
-// warp covers 32 consecutive elements across rows and planes and no lane idles at the
-// edge of a narrow plane (AlexNet's pooled planes are 27, 13 and 6 wide). Their
-// per-thread code (max_pool_forward_at, max_pool_backward_at) has two forms: K = 3, S = 2
-// (a 3x3 window at stride 2: every pooling layer of AlexNet and SqueezeNet), where the
-// loops have a fixed trip count and every load a thread needs is issued before the first
-// comparison, so their latencies overlap instead of adding up; and K = S = 0, the shape's
-// own window and stride. The flat ones, one thread per element with int64_t indices, take
-// anything larger. The per-thread code of both kinds, and the packed kernels' index
-// arithmetic, also run on the host, thread by thread (max_pool2d_*_cuda_on_host), so
-// tests without a GPU check them.
+// (all of AlexNet's and SqueezeNet's shapes): a thread per element of all the planes, its
+// plane, row and column taken from the element's index by two FastDivs, so each warp
+// covers 32 consecutive elements across rows and planes and no lane idles at the edge of
+// a narrow plane (AlexNet's pooled planes are 27, 13 and 6 wide). With a 3x3 window at
+// stride 2 (every pooling layer of AlexNet and SqueezeNet) they take a special form. The
+// forward loops have a fixed trip count and every load is issued before the first
+// comparison, so the latencies overlap instead of adding up. The backward takes a 2x2
+// block of inputs a thread, which the same four windows cover (max_pool_backward_quad_at).
+// Otherwise they use the shape's own window and stride. The flat ones, a thread per
+// element with int64_t indices, take anything larger. The per-thread code of both kinds,
+// and the packed kernels' index arithmetic, also run on the host, thread by thread
+// (max_pool2d_*_cuda_on_host), so tests without a GPU check them.
 struct PoolGeom {
   int H, W, Ho, Wo, kh, kw, sh, sw, ph, pw;
 };
@@ -94,24 +94,37 @@ __host__ __device__ __forceinline__ void max_pool_forward_at(const T* x, T* y, i
   T best = -std::numeric_limits<T>::infinity();
   int where = hs * g.W + ws;
   if constexpr (K > 0) {
-    // Outside the input reads as -inf, which never beats best (> is strict) and is not
-    // NaN: the same result as skipping it.
+    // A window wholly inside the input (every window of AlexNet's pools) loads without
+    // bounds tests. Otherwise, outside the input reads as -inf, which never beats best (>
+    // is strict) and is not NaN: the same result as skipping it.
     T v[K][K];
+    if (h0 >= 0 && w0 >= 0 && h0 + K <= g.H && w0 + K <= g.W) {
+      const T* xw = xp + h0 * g.W + w0;
 #pragma unroll
-    for (int a = 0; a < K; ++a)
+      for (int a = 0; a < K; ++a)
 #pragma unroll
-      for (int b = 0; b < K; ++b) {
-        const int ih = h0 + a, iw = w0 + b;
-        v[a][b] = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W ? xp[ih * g.W + iw] : -std::numeric_limits<T>::infinity();
-      }
+        for (int b = 0; b < K; ++b) v[a][b] = xw[a * g.W + b];
+    } else {
+#pragma unroll
+      for (int a = 0; a < K; ++a)
+#pragma unroll
+        for (int b = 0; b < K; ++b) {
+          const int ih = h0 + a, iw = w0 + b;
+          v[a][b] = ih >= 0 && ih < g.H && iw >= 0 && iw < g.W ? xp[ih * g.W + iw] : -std::numeric_limits<T>::infinity();
+        }
+    }
+    // The winner's place in the window, a * K + b (a constant per comparison), becomes a
+    // flat index once at the end.
+    int won = -1;
 #pragma unroll
     for (int a = 0; a < K; ++a)
 #pragma unroll
       for (int b = 0; b < K; ++b)
         if (v[a][b] > best || v[a][b] != v[a][b]) {
           best = v[a][b];
-          where = (h0 + a) * g.W + (w0 + b);
+          won = a * K + b;
         }
+    if (won >= 0) where = (h0 + won / K) * g.W + (w0 + won % K);
   } else {
     const int he = cuda::min_int(h0 + g.kh, g.H), we = cuda::min_int(w0 + g.kw, g.W);
     for (int ih = hs; ih < he; ++ih)
@@ -129,48 +142,73 @@ __host__ __device__ __forceinline__ void max_pool_forward_at(const T* x, T* y, i
 }
 
 // Input (ih, iw) of plane pl: gx = the sum of gy over the windows whose argmax it is, in
-// the CPU's order (oh, then ow ascending).
-template <typename T, int K, int S>
+// the CPU's order (oh, then ow ascending). Any window and stride.
+template <typename T>
 __host__ __device__ __forceinline__ void max_pool_backward_at(const T* gy, const int64_t* argmax, T* gx, int pl,
                                                               int ih, int iw, const PoolGeom& g) {
-  const int sh = S > 0 ? S : g.sh, sw = S > 0 ? S : g.sw;
-  const int kh = K > 0 ? K : g.kh, kw = K > 0 ? K : g.kw;
   // Windows o with o * s - p <= i < o * s - p + k; i + p >= 0.
-  const int fh = ih + g.ph - kh + 1, fw = iw + g.pw - kw + 1;
-  const int oh_lo = fh <= 0 ? 0 : (fh + sh - 1) / sh, ow_lo = fw <= 0 ? 0 : (fw + sw - 1) / sw;
-  const int oh_hi = cuda::min_int((ih + g.ph) / sh, g.Ho - 1), ow_hi = cuda::min_int((iw + g.pw) / sw, g.Wo - 1);
+  const int fh = ih + g.ph - g.kh + 1, fw = iw + g.pw - g.kw + 1;
+  const int oh_lo = fh <= 0 ? 0 : (fh + g.sh - 1) / g.sh, ow_lo = fw <= 0 ? 0 : (fw + g.sw - 1) / g.sw;
+  const int oh_hi = cuda::min_int((ih + g.ph) / g.sh, g.Ho - 1), ow_hi = cuda::min_int((iw + g.pw) / g.sw, g.Wo - 1);
   const int here = ih * g.W + iw;
   const int64_t* ap = argmax + pl * g.Ho * g.Wo;
   const T* gp = gy + pl * g.Ho * g.Wo;
   T acc = T(0);
-  if constexpr (K > 0) {
-    // At most (K - 1) / S + 1 windows along each axis contain an element.
-    constexpr int kWin = (K - 1) / S + 1;
-    int64_t am[kWin][kWin];
-    T gv[kWin][kWin];
-#pragma unroll
-    for (int a = 0; a < kWin; ++a)
-#pragma unroll
-      for (int b = 0; b < kWin; ++b) {
-        const int oh = oh_lo + a, ow = ow_lo + b;
-        const bool in = oh <= oh_hi && ow <= ow_hi;
-        am[a][b] = in ? ap[oh * g.Wo + ow] : -1;
-        gv[a][b] = in ? gp[oh * g.Wo + ow] : T(0);
-      }
-#pragma unroll
-    for (int a = 0; a < kWin; ++a)
-#pragma unroll
-      for (int b = 0; b < kWin; ++b)
-        if (am[a][b] == here) acc += gv[a][b];
-  } else {
-    for (int oh = oh_lo; oh <= oh_hi; ++oh)
-      for (int ow = ow_lo; ow <= ow_hi; ++ow) {
-        const int o = oh * g.Wo + ow;
-        if (ap[o] == here) acc += gp[o];
-      }
-  }
+  for (int oh = oh_lo; oh <= oh_hi; ++oh)
+    for (int ow = ow_lo; ow <= ow_hi; ++ow) {
+      const int o = oh * g.Wo + ow;
+      if (ap[o] == here) acc += gp[o];
+    }
   gx[(pl * g.H + ih) * g.W + iw] = acc;
 }
+
+// A 3x3 window at stride 2 (every pooling layer of AlexNet and SqueezeNet): the 2x2
+// inputs (2q - ph + dr, 2p - pw + dc), dr, dc in {0, 1}, of plane pl, from the four
+// windows (q - 1 or q, p - 1 or p). Input row 2q - ph lies in windows q - 1 and q, row
+// 2q - ph + 1 in window q alone (likewise for columns), so those four windows hold every
+// window of the four inputs, and each window's argmax and gradient are loaded once for
+// the four instead of once per input: a quarter of the loads and index arithmetic of a
+// thread per input. Each input sums the gradients of the windows whose argmax it is, in
+// ascending (oh, ow) order, the CPU's; a window that does not contain the input cannot
+// have it as its argmax, so testing all four changes nothing.
+template <typename T>
+__host__ __device__ __forceinline__ void max_pool_backward_quad_at(const T* gy, const int64_t* argmax, T* gx, int pl,
+                                                                   int q, int p, const PoolGeom& g) {
+  const int64_t* ap = argmax + pl * g.Ho * g.Wo;
+  const T* gp = gy + pl * g.Ho * g.Wo;
+  int am[2][2];  // an argmax is a flat index within a plane, which fits in int here
+  T gv[2][2];
+#pragma unroll
+  for (int a = 0; a < 2; ++a)
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      const int oh = q - 1 + a, ow = p - 1 + b;
+      const bool in = oh >= 0 && oh < g.Ho && ow >= 0 && ow < g.Wo;
+      am[a][b] = in ? static_cast<int>(ap[oh * g.Wo + ow]) : -1;
+      gv[a][b] = in ? gp[oh * g.Wo + ow] : T(0);
+    }
+  const int r0 = 2 * q - g.ph, c0 = 2 * p - g.pw;
+  T* gxp = gx + pl * g.H * g.W;
+#pragma unroll
+  for (int dr = 0; dr < 2; ++dr)
+#pragma unroll
+    for (int dc = 0; dc < 2; ++dc) {
+      const int ih = r0 + dr, iw = c0 + dc;
+      if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) continue;
+      const int here = ih * g.W + iw;
+      T acc = T(0);
+#pragma unroll
+      for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int b = 0; b < 2; ++b)
+          if (am[a][b] == here) acc += gv[a][b];
+      gxp[here] = acc;
+    }
+}
+
+// The 2x2 input blocks of max_pool_backward_quad_at along an axis of n inputs, padding pad:
+// block q covers inputs 2q - pad and 2q - pad + 1.
+__host__ __device__ __forceinline__ int quad_blocks(int n, int pad) { return (n + pad + 1) / 2; }
 
 // Element k of all planes of rows x cols each: its plane, row and column.
 struct PackedIndex {
@@ -194,13 +232,16 @@ __global__ void max_pool2d_forward_packed(const T* x, T* y, int64_t* argmax, uns
   }
 }
 
-template <typename T, int K, int S>
+// Backward: a thread per input (Quads false) or per 2x2 block of inputs (Quads true, a
+// 3x3 window at stride 2).
+template <typename T, bool Quads>
 __global__ void max_pool2d_backward_packed(const T* gy, const int64_t* argmax, T* gx, unsigned total, PackedIndex ix,
                                            PoolGeom g) {
   for (unsigned k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += blockDim.x * gridDim.x) {
-    int pl, ih, iw;
-    ix.split(k, pl, ih, iw);
-    max_pool_backward_at<T, K, S>(gy, argmax, gx, pl, ih, iw, g);
+    int pl, r, c;
+    ix.split(k, pl, r, c);
+    if constexpr (Quads) max_pool_backward_quad_at<T>(gy, argmax, gx, pl, r, c, g);
+    else max_pool_backward_at<T>(gy, argmax, gx, pl, r, c, g);
   }
 }
 
@@ -282,59 +323,69 @@ PackedIndex packed_index(int64_t rows, int64_t cols) {
   return {FastDiv(static_cast<unsigned>(cols)), FastDiv(static_cast<unsigned>(rows))};
 }
 
-// Whether the K = 3, S = 2 instances apply.
+// Whether the 3x3, stride-2 kernels apply.
 bool window3_stride2(const Pool2dShape& s) { return s.kh == 3 && s.kw == 3 && s.sh == 2 && s.sw == 2; }
+
+// The packed kernels' threads along a plane: rows x cols of them.
+struct PlaneThreads {
+  int64_t rows, cols;
+};
+PlaneThreads forward_threads(const Pool2dShape& s) { return {s.Ho, s.Wo}; }  // an output each
+PlaneThreads backward_threads(const Pool2dShape& s) {  // an input each, or a 2x2 block of them
+  if (window3_stride2(s)) return {quad_blocks(int(s.H), int(s.ph)), quad_blocks(int(s.W), int(s.pw))};
+  return {s.H, s.W};
+}
 
 }  // namespace
 
-// Launches a max-pool direction over rows x cols of every plane: the packed kernel (its
-// 3x3, stride-2 instance where the shape has that window) or, for shapes beyond int, the
-// flat one. `args` are the kernels' leading arguments.
+// Launches a max-pool direction: the packed kernel over `plane` threads of every plane
+// (its 3x3, stride-2 form where the shape has that window) or, for shapes beyond int, the
+// flat one over flat_total elements. `args` are the kernels' leading arguments.
 template <typename Packed32, typename Packed0, typename Flat, typename... Args>
-void launch_max_pool(const Pool2dShape& s, int64_t rows, int64_t cols, Packed32 packed32, Packed0 packed0, Flat flat,
-                     Args... args) {
-  const int64_t total = s.N * s.C * rows * cols;
-  if (total <= 0) return;
-  const unsigned blocks = cuda::grid_for(total, kThreads);
+void launch_max_pool(const Pool2dShape& s, PlaneThreads plane, int64_t flat_total, Packed32 packed32, Packed0 packed0,
+                     Flat flat, Args... args) {
+  if (flat_total <= 0) return;
   if (packed_pool(s)) {
-    const PackedIndex ix = packed_index(rows, cols);
+    const int64_t total = s.N * s.C * plane.rows * plane.cols;  // <= flat_total
+    const unsigned blocks = cuda::grid_for(total, kThreads);
+    const PackedIndex ix = packed_index(plane.rows, plane.cols);
     if (window3_stride2(s))
       packed32<<<blocks, kThreads, 0, cuda::stream()>>>(args..., unsigned(total), ix, geom(s));
     else
       packed0<<<blocks, kThreads, 0, cuda::stream()>>>(args..., unsigned(total), ix, geom(s));
   } else {
-    flat<<<blocks, kThreads, 0, cuda::stream()>>>(args..., s, total);
+    flat<<<cuda::grid_for(flat_total, kThreads), kThreads, 0, cuda::stream()>>>(args..., s, flat_total);
   }
   CUDA_CHECK_LAUNCH();
 }
 
 template <typename T>
 void max_pool2d_forward_cuda(const T* x, T* y, int64_t* argmax, const Pool2dShape& s) {
-  launch_max_pool(s, s.Ho, s.Wo, max_pool2d_forward_packed<T, 3, 2>, max_pool2d_forward_packed<T, 0, 0>,
-                  max_pool2d_forward_flat<T>, x, y, argmax);
+  launch_max_pool(s, forward_threads(s), s.N * s.C * s.Ho * s.Wo, max_pool2d_forward_packed<T, 3, 2>,
+                  max_pool2d_forward_packed<T, 0, 0>, max_pool2d_forward_flat<T>, x, y, argmax);
 }
 
 template <typename T>
 void max_pool2d_backward_cuda(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s) {
-  launch_max_pool(s, s.H, s.W, max_pool2d_backward_packed<T, 3, 2>, max_pool2d_backward_packed<T, 0, 0>,
-                  max_pool2d_backward_flat<T>, gy, argmax, gx);
+  launch_max_pool(s, backward_threads(s), s.N * s.C * s.H * s.W, max_pool2d_backward_packed<T, true>,
+                  max_pool2d_backward_packed<T, false>, max_pool2d_backward_flat<T>, gy, argmax, gx);
 }
 
-// The kernels' per-thread code, run on the host for every thread that a launch over
-// rows x cols planes would start: the flat kernels' flat_at(k) for every element k, or
-// the packed kernels' packed_at(plane, row, col, whether the 3x3 stride-2 instance
-// applies), with their index arithmetic.
+// The kernels' per-thread code, run on the host for every thread that a launch would
+// start: the flat kernels' flat_at(k) for each of flat_total elements, or the packed
+// kernels' packed_at(plane, row, col, whether the 3x3 stride-2 form applies) over `plane`
+// threads of every plane, with their index arithmetic.
 template <typename FlatAt, typename PackedAt>
-void threads_on_host(const Pool2dShape& s, const char* what, int64_t rows, int64_t cols, bool flat, FlatAt flat_at,
-                     PackedAt packed_at) {
-  const int64_t total = s.N * s.C * rows * cols;
+void threads_on_host(const Pool2dShape& s, const char* what, PlaneThreads plane, int64_t flat_total, bool flat,
+                     FlatAt flat_at, PackedAt packed_at) {
   if (flat) {
-    for (int64_t k = 0; k < total; ++k) flat_at(k);
+    for (int64_t k = 0; k < flat_total; ++k) flat_at(k);
     return;
   }
   if (!packed_pool(s)) throw std::invalid_argument(std::string(what) + ": shape beyond the packed kernels");
   const bool k3s2 = window3_stride2(s);
-  const PackedIndex ix = packed_index(rows, cols);
+  const PackedIndex ix = packed_index(plane.rows, plane.cols);
+  const int64_t total = s.N * s.C * plane.rows * plane.cols;
   for (unsigned k = 0; k < static_cast<unsigned>(total); ++k) {
     int pl, r, c;
     ix.split(k, pl, r, c);
@@ -346,7 +397,7 @@ template <typename T>
 void max_pool2d_forward_cuda_on_host(const T* x, T* y, int64_t* argmax, const Pool2dShape& s, bool flat) {
   const PoolGeom g = geom(s);
   threads_on_host(
-      s, "max_pool2d_forward_cuda_on_host", s.Ho, s.Wo, flat,
+      s, "max_pool2d_forward_cuda_on_host", forward_threads(s), s.N * s.C * s.Ho * s.Wo, flat,
       [&](int64_t k) { max_pool_forward_flat_at(x, y, argmax, s, k); },
       [&](int pl, int oh, int ow, bool k3s2) {
         if (k3s2) max_pool_forward_at<T, 3, 2>(x, y, argmax, pl, oh, ow, g);
@@ -358,11 +409,11 @@ template <typename T>
 void max_pool2d_backward_cuda_on_host(const T* gy, const int64_t* argmax, T* gx, const Pool2dShape& s, bool flat) {
   const PoolGeom g = geom(s);
   threads_on_host(
-      s, "max_pool2d_backward_cuda_on_host", s.H, s.W, flat,
+      s, "max_pool2d_backward_cuda_on_host", backward_threads(s), s.N * s.C * s.H * s.W, flat,
       [&](int64_t k) { max_pool_backward_flat_at(gy, argmax, gx, s, k); },
-      [&](int pl, int ih, int iw, bool k3s2) {
-        if (k3s2) max_pool_backward_at<T, 3, 2>(gy, argmax, gx, pl, ih, iw, g);
-        else max_pool_backward_at<T, 0, 0>(gy, argmax, gx, pl, ih, iw, g);
+      [&](int pl, int r, int c, bool k3s2) {
+        if (k3s2) max_pool_backward_quad_at<T>(gy, argmax, gx, pl, r, c, g);
+        else max_pool_backward_at<T>(gy, argmax, gx, pl, r, c, g);
       });
 }
 
@@ -373,6 +424,7 @@ namespace {
 // plane: lane l sums elements l, l + 32, ... in order, the lanes' sums combine in the
 // shuffles' butterfly order, and the mean is that sum over H * W. G is cuda::WarpGroup on
 // the device, cuda::HostWarp in adaptive_avg_pool2d_forward_cuda_on_host.
+#pragma nv_exec_check_disable
 template <typename T, typename G>
 __host__ __device__ __forceinline__ T plane_mean(const T* xp, int64_t hw, const G& g) {
   T acc = 0;
