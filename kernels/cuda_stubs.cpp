@@ -51,6 +51,7 @@ template <typename T>
 void dropout_forward_cuda(const T*, T*, T*, T, uint64_t, uint64_t, int64_t) { no_cuda(); }
 template <typename T> void sgd_step_cuda(T*, const T*, T*, const SgdParams&, int64_t) { no_cuda(); }
 void sgd_step_float4_cuda_on_host(float*, const float*, float*, const SgdParams&, int64_t) { no_cuda(); }
+void map2_float4_cuda_on_host(const char*, const float*, const float*, float*, int64_t, unsigned) { no_cuda(); }
 
 template <typename T> void max_pool2d_forward_cuda(const T*, T*, int64_t*, const Pool2dShape&) { no_cuda(); }
 template <typename T>
@@ -59,6 +60,7 @@ template <typename T> void max_pool2d_forward_cuda_on_host(const T*, T*, int64_t
 template <typename T>
 void max_pool2d_backward_cuda_on_host(const T*, const int64_t*, T*, const Pool2dShape&, bool) { no_cuda(); }
 template <typename T> void adaptive_avg_pool2d_forward_cuda_on_host(const T*, T*, int64_t, int64_t, int64_t) { no_cuda(); }
+template <typename T> void adaptive_avg_pool2d_backward_cuda_on_host(const T*, T*, int64_t, int64_t, int64_t) { no_cuda(); }
 template <typename T>
 void adaptive_avg_pool2d_forward_cuda(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t) { no_cuda(); }
 template <typename T>
@@ -127,6 +129,7 @@ void conv2d_forward_im2col_cuda(const T*, const T*, const T*, T*, const Conv2dSh
   template void max_pool2d_forward_cuda_on_host<T>(const T*, T*, int64_t*, const Pool2dShape&, bool); \
   template void max_pool2d_backward_cuda_on_host<T>(const T*, const int64_t*, T*, const Pool2dShape&, bool); \
   template void adaptive_avg_pool2d_forward_cuda_on_host<T>(const T*, T*, int64_t, int64_t, int64_t); \
+  template void adaptive_avg_pool2d_backward_cuda_on_host<T>(const T*, T*, int64_t, int64_t, int64_t); \
   template void adaptive_avg_pool2d_forward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t,        \
                                                     int64_t, int64_t);                              \
   template void adaptive_avg_pool2d_backward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t,       \

@@ -28,6 +28,13 @@ template <typename T> void relu_backward_cuda(const T* gy, const T* y, T* gx, in
 template <typename T> void guided_relu_backward_cuda(const T* gy, const T* y, T* gx, int64_t n);
 template <typename T> void axpby_cuda(T a, const T* x, T b, const T* z, T* y, int64_t n);
 template <typename T> void mul_cuda(const T* a, const T* b, T* y, int64_t n);
+// The float maps' per-thread code (four elements at a time, several float4s in flight)
+// run on the host, thread by thread over the grid the launch uses (blocks 0) or over
+// `blocks` blocks (fewer, so that threads take several strides), so tests check it
+// without a GPU. op "relu": y = relu(a) (b unused); "relu_backward": y = relu_backward(gy
+// = a, y = b). a, b and y must be 16-byte aligned.
+void map2_float4_cuda_on_host(const char* op, const float* a, const float* b, float* y, int64_t n,
+                              unsigned blocks = 0);
 template <typename T> void fill_cuda(T* y, T value, int64_t n);
 template <typename From, typename To> void convert_cuda(const From* x, To* y, int64_t n);
 template <typename T> void uniform_cuda(T* y, T lo, T hi, uint64_t seed, uint64_t offset, int64_t n);

@@ -602,17 +602,48 @@ void expect_global_pool_code_matches_cpu(int64_t NC, int64_t H, int64_t W, uint6
   }
 }
 
+// Global pools' shapes {planes, H, W}: planes of 1, fewer than 32, exactly 32, 33,
+// SqueezeNet's 13 x 13 and 1000 elements.
+const std::array<std::array<int64_t, 3>, 6> kGlobalPoolShapes = {
+    {{3, 1, 1}, {2, 5, 4}, {3, 4, 8}, {2, 3, 11}, {5, 13, 13}, {2, 25, 40}}};
+
 TEST(CudaKernelsOnHost, GlobalAvgPoolWarpCodeMatchesCpu) {
 #if !ENGINE_HAVE_CUDA
   GTEST_SKIP() << "built without CUDA: no kernel code to run";
 #else
-  // Planes of 1, fewer than 32, exactly 32, 33, SqueezeNet's 13 x 13 and 1000 elements.
-  const std::array<std::array<int64_t, 3>, 6> shapes = {{{3, 1, 1}, {2, 5, 4}, {3, 4, 8}, {2, 3, 11}, {5, 13, 13}, {2, 25, 40}}};
   uint64_t seed = 260;
-  for (const auto& [NC, H, W] : shapes) {
+  for (const auto& [NC, H, W] : kGlobalPoolShapes) {
     SCOPED_TRACE(std::to_string(NC) + " planes of " + std::to_string(H) + " x " + std::to_string(W));
     expect_global_pool_code_matches_cpu<float>(NC, H, W, seed++);
     expect_global_pool_code_matches_cpu<double>(NC, H, W, seed++);
+  }
+#endif
+}
+
+// The global average pool's backward per-thread code (the plane of each element from a
+// FastDiv) on the host, against the CPU bit for bit: the shapes above and SqueezeNet's
+// last pool at batch 2.
+TEST(CudaKernelsOnHost, GlobalAvgPoolBackwardCodeMatchesCpu) {
+#if !ENGINE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA: no kernel code to run";
+#else
+  std::vector<std::array<int64_t, 3>> shapes(kGlobalPoolShapes.begin(), kGlobalPoolShapes.end());
+  shapes.push_back({2000, 13, 13});
+  uint64_t seed = 270;
+  for (const auto& [NC, H, W] : shapes) {
+    SCOPED_TRACE(std::to_string(NC) + " planes of " + std::to_string(H) + " x " + std::to_string(W));
+    auto check = [&](auto tag) {
+      using T = decltype(tag);
+      const Tensor r = randn({NC}, seed++);
+      std::vector<T> gy(static_cast<size_t>(NC));
+      for (int64_t p = 0; p < NC; ++p) gy[static_cast<size_t>(p)] = static_cast<T>(r.data<double>()[p]);
+      std::vector<T> gx_cpu(static_cast<size_t>(NC * H * W)), gx_dev(gx_cpu.size(), T(-7));
+      kernels::adaptive_avg_pool2d_backward_cpu<T>(gy.data(), gx_cpu.data(), NC, H, W, 1, 1);
+      kernels::adaptive_avg_pool2d_backward_cuda_on_host<T>(gy.data(), gx_dev.data(), NC, H, W);
+      EXPECT_EQ(0, std::memcmp(gx_dev.data(), gx_cpu.data(), gx_cpu.size() * sizeof(T)));
+    };
+    check(float{});
+    check(double{});
   }
 #endif
 }
@@ -712,6 +743,48 @@ TEST(CudaKernelsOnHost, SgdFloat4CodeMatchesCpu) {
   }
   Tensor p = randn({9}, seed++, DType::F32);
   EXPECT_THROW(kernels::sgd_step_float4_cuda_on_host(p.data<float>() + 1, p.data<float>(), nullptr, kSgdCases[0], 8),
+               std::invalid_argument);
+#endif
+}
+
+// The float maps' per-thread code on the host: four float4s loaded before the first is
+// stored (cuda::strided_unrolled), then each thread's share of the last n % 4. It is held
+// to the CPU kernels bit for bit on ReLU's forward (a unary map) and backward (a binary
+// one). The cases cover every remainder mod 4 and last trips cut short. The grids are the
+// launch's own and ones of 1 and 3 blocks, whose threads take several strides. The maps
+// run out of place and in place. Runs in every build with CUDA, GPU or not.
+TEST(CudaKernelsOnHost, ElementwiseFloat4CodeMatchesCpu) {
+#if !ENGINE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA: no kernel code to run";
+#else
+  uint64_t seed = 340;
+  for (int64_t n : {0, 1, 3, 4, 5, 8, 17, 1023, 4096, 4099, 8195, 12289, 14003, 100003}) {
+    const Tensor a = randn({n}, seed++, DType::F32), b = randn({n}, seed++, DType::F32);
+    for (int64_t i = 0; i < n; i += 7) b.data<float>()[i] = 0.0f;  // relu_backward's y = 0: no gradient
+    ASSERT_TRUE(first_aligned16(a.data<float>()) == a.data<float>() &&
+                first_aligned16(b.data<float>()) == b.data<float>());
+    for (const char* op : {"relu", "relu_backward"}) {
+      const bool unary = std::string(op) == "relu";
+      Tensor ref = Tensor::zeros({n}, DType::F32);
+      if (unary) kernels::relu_forward_cpu<float>(a.data<float>(), ref.data<float>(), n);
+      else kernels::relu_backward_cpu<float>(a.data<float>(), b.data<float>(), ref.data<float>(), n);
+      for (unsigned blocks : {0u, 1u, 3u}) {
+        SCOPED_TRACE(std::string(op) + " n " + std::to_string(n) + " blocks " + std::to_string(blocks));
+        Tensor y = Tensor::full({n}, -7.0, DType::F32);
+        kernels::map2_float4_cuda_on_host(op, a.data<float>(), unary ? nullptr : b.data<float>(), y.data<float>(), n,
+                                          blocks);
+        EXPECT_TRUE(bit_identical(y, ref));
+        Tensor in_place = a.clone();
+        kernels::map2_float4_cuda_on_host(op, in_place.data<float>(), unary ? nullptr : b.data<float>(),
+                                          in_place.data<float>(), n, blocks);
+        EXPECT_TRUE(bit_identical(in_place, ref)) << "in place";
+      }
+    }
+  }
+  Tensor x = randn({9}, seed++, DType::F32);
+  EXPECT_THROW(kernels::map2_float4_cuda_on_host("relu", x.data<float>() + 1, nullptr, x.data<float>(), 8),
+               std::invalid_argument);
+  EXPECT_THROW(kernels::map2_float4_cuda_on_host("tanh", x.data<float>(), nullptr, x.data<float>(), 8),
                std::invalid_argument);
 #endif
 }

@@ -76,6 +76,32 @@ template <typename F> void parallel_for(int64_t n, F f) {
   CUDA_CHECK_LAUNCH();
 }
 
+// Thread `first` of `stride` threads visits the items first, first + stride, ... below n,
+// as a grid-stride loop does, but U at a time: load(i) of all U items first, then
+// finish(i, loaded) of each in order. U loads are then in flight at once instead of one,
+// which a streaming kernel needs to keep enough bytes in flight to approach the copy
+// bandwidth. Each item is still loaded and finished by the same thread, so in-place use
+// stays safe, and finish runs in the grid-stride loop's order (sums keep their order).
+// Also runs on the host (tests of the kernels' per-thread code).
+template <int U, typename Load, typename Finish>
+__host__ __device__ __forceinline__ void strided_unrolled(int64_t first, int64_t stride, int64_t n, Load load,
+                                                          Finish finish) {
+  using V = decltype(load(int64_t{}));
+  for (int64_t base = first; base < n; base += U * stride) {
+    V v[U];
+#ifdef __CUDA_ARCH__
+#pragma unroll
+#endif
+    for (int j = 0; j < U; ++j)
+      if (base + j * stride < n) v[j] = load(base + j * stride);
+#ifdef __CUDA_ARCH__
+#pragma unroll
+#endif
+    for (int j = 0; j < U; ++j)
+      if (base + j * stride < n) finish(base + j * stride, v[j]);
+  }
+}
+
 // min for int, on the device and the host (for kernel code that also runs on the host).
 __host__ __device__ __forceinline__ int min_int(int a, int b) { return a < b ? a : b; }
 

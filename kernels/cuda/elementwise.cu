@@ -1,7 +1,9 @@
 // CUDA elementwise kernels (kernels/elementwise.h). Memory-bound: one read of each
-// input and one write per element (float maps four at a time, see map2); the
-// per-element math is kernels/common.h's, so the CPU and CUDA backends compute the same
-// values (random draws included).
+// input and one write per element (float maps four at a time, several float4s in flight
+// per thread, see map2); the per-element math is kernels/common.h's, so the CPU and CUDA
+// backends compute the same values (random draws included).
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "kernels/common.h"
@@ -14,22 +16,78 @@ using cuda::parallel_for;
 
 namespace {
 
-// y[i] = op(a[i], b[i]) over float arrays, four elements per thread with 16-byte loads
-// and stores (one instruction each instead of four), the last n % 4 one at a time; b
-// null: a unary map, op(a[i], a[i]), reading a once. In-place use (y == a or y == b) is
-// fine: each element is read before it is written, by the same thread.
-template <typename Op>
-__global__ void map2_float4_kernel(const float* a, const float* b, float* y, int64_t n, Op op) {
-  const int64_t n4 = n >> 2, stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+// The maps' per-element operations, op(a[i], b[i]) (a unary map ignores its second
+// argument). Functors rather than lambdas, so that the float4 kernel's per-thread code
+// also runs on the host (map2_float4_cuda_on_host).
+struct ReluFwd {
+  template <typename T> ENGINE_HD T operator()(T v, T) const { return relu_fwd(v); }
+};
+struct ReluBwd {
+  template <typename T> ENGINE_HD T operator()(T g, T v) const { return relu_bwd(g, v); }
+};
+struct GuidedReluBwd {
+  template <typename T> ENGINE_HD T operator()(T g, T v) const { return guided_relu_bwd(g, v); }
+};
+template <typename T> struct Scale {
+  T a;
+  ENGINE_HD T operator()(T u, T) const { return a * u; }
+};
+template <typename T> struct Axpby {
+  T a, b;
+  ENGINE_HD T operator()(T u, T v) const { return a * u + b * v; }
+};
+struct Mul {
+  template <typename T> ENGINE_HD T operator()(T u, T v) const { return u * v; }
+};
+
+// Float4s a thread of the float4 kernel takes per trip of its grid-stride loop, all
+// loaded before the first is stored (cuda::strided_unrolled).
+constexpr int kMapUnroll = 4;
+constexpr int kMapThreads = 256;
+
+struct Float4Pair {
+  float4 u, v;
+};
+
+// Thread `first` of `stride` threads: y[i] = op(a[i], b[i]) over float arrays, four
+// elements at a time with 16-byte loads and stores (one instruction each instead of
+// four), then its share of the last n % 4 one at a time. Binary false: a unary map,
+// op(a[i], a[i]), reading a once (b unused). In-place use (y == a or y == b) is fine:
+// each element is read before it is written, by the same thread.
+template <bool Binary, typename Op>
+ENGINE_HD void map2_float4_thread(const float* a, const float* b, float* y, int64_t n, const Op& op, int64_t first,
+                                  int64_t stride) {
   const float4* a4 = reinterpret_cast<const float4*>(a);
   const float4* b4 = reinterpret_cast<const float4*>(b);
   float4* y4 = reinterpret_cast<float4*>(y);
-  for (int64_t i = first; i < n4; i += stride) {
-    const float4 u = a4[i], v = b4 != nullptr ? b4[i] : u;
-    y4[i] = make_float4(op(u.x, v.x), op(u.y, v.y), op(u.z, v.z), op(u.w, v.w));
+  if constexpr (Binary) {
+    cuda::strided_unrolled<kMapUnroll>(
+        first, stride, n >> 2, [&](int64_t i) { return Float4Pair{a4[i], b4[i]}; },
+        [&](int64_t i, const Float4Pair& p) {
+          y4[i] = make_float4(op(p.u.x, p.v.x), op(p.u.y, p.v.y), op(p.u.z, p.v.z), op(p.u.w, p.v.w));
+        });
+    for (int64_t i = ((n >> 2) << 2) + first; i < n; i += stride) y[i] = op(a[i], b[i]);
+  } else {
+    cuda::strided_unrolled<kMapUnroll>(
+        first, stride, n >> 2, [&](int64_t i) { return a4[i]; },
+        [&](int64_t i, const float4& u) {
+          y4[i] = make_float4(op(u.x, u.x), op(u.y, u.y), op(u.z, u.z), op(u.w, u.w));
+        });
+    for (int64_t i = ((n >> 2) << 2) + first; i < n; i += stride) y[i] = op(a[i], a[i]);
   }
-  for (int64_t i = (n4 << 2) + first; i < n; i += stride) y[i] = op(a[i], b != nullptr ? b[i] : a[i]);
+}
+
+template <bool Binary, typename Op>
+__global__ void map2_float4_kernel(const float* a, const float* b, float* y, int64_t n, Op op) {
+  map2_float4_thread<Binary>(a, b, y, n, op, static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x,
+                             static_cast<int64_t>(blockDim.x) * gridDim.x);
+}
+
+// Blocks of the float4 kernel for n floats: kMapUnroll float4s a thread.
+unsigned map2_float4_blocks(int64_t n) { return cuda::grid_for((n / 4 + kMapUnroll - 1) / kMapUnroll, kMapThreads); }
+
+bool map2_float4_path(const float* a, const float* b, const float* y) {
+  return cuda::aligned16(a) && (b == nullptr || cuda::aligned16(b)) && cuda::aligned16(y);
 }
 
 // y[i] = op(a[i], b[i]); b null for a unary map (op(a[i], a[i])). The float4 kernel where
@@ -38,9 +96,12 @@ __global__ void map2_float4_kernel(const float* a, const float* b, float* y, int
 template <typename T, typename Op> void map2(const T* a, const T* b, T* y, int64_t n, Op op) {
   if (n <= 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (cuda::aligned16(a) && (b == nullptr || cuda::aligned16(b)) && cuda::aligned16(y)) {
-      constexpr int kThreads = 256;
-      map2_float4_kernel<<<cuda::grid_for((n + 3) / 4, kThreads), kThreads, 0, cuda::stream()>>>(a, b, y, n, op);
+    if (map2_float4_path(a, b, y)) {
+      const unsigned blocks = map2_float4_blocks(n);
+      if (b != nullptr)
+        map2_float4_kernel<true><<<blocks, kMapThreads, 0, cuda::stream()>>>(a, b, y, n, op);
+      else
+        map2_float4_kernel<false><<<blocks, kMapThreads, 0, cuda::stream()>>>(a, b, y, n, op);
       CUDA_CHECK_LAUNCH();
       return;
     }
@@ -54,23 +115,36 @@ template <typename T, typename Op> void map2(const T* a, const T* b, T* y, int64
 }  // namespace
 
 template <typename T> void relu_forward_cuda(const T* x, T* y, int64_t n) {
-  map2(x, static_cast<const T*>(nullptr), y, n, [] __device__(T v, T) { return relu_fwd(v); });
+  map2(x, static_cast<const T*>(nullptr), y, n, ReluFwd{});
 }
 template <typename T> void relu_backward_cuda(const T* gy, const T* y, T* gx, int64_t n) {
-  map2(gy, y, gx, n, [] __device__(T g, T v) { return relu_bwd(g, v); });
+  map2(gy, y, gx, n, ReluBwd{});
 }
 template <typename T> void guided_relu_backward_cuda(const T* gy, const T* y, T* gx, int64_t n) {
-  map2(gy, y, gx, n, [] __device__(T g, T v) { return guided_relu_bwd(g, v); });
+  map2(gy, y, gx, n, GuidedReluBwd{});
 }
 template <typename T> void axpby_cuda(T a, const T* x, T b, const T* z, T* y, int64_t n) {
   if (b == T(0) || z == nullptr)
-    map2(x, static_cast<const T*>(nullptr), y, n, [a] __device__(T u, T) { return a * u; });
+    map2(x, static_cast<const T*>(nullptr), y, n, Scale<T>{a});
   else
-    map2(x, z, y, n, [a, b] __device__(T u, T v) { return a * u + b * v; });
+    map2(x, z, y, n, Axpby<T>{a, b});
 }
 template <typename T> void mul_cuda(const T* a, const T* b, T* y, int64_t n) {
-  map2(a, b, y, n, [] __device__(T u, T v) { return u * v; });
+  map2(a, b, y, n, Mul{});
 }
+
+void map2_float4_cuda_on_host(const char* op, const float* a, const float* b, float* y, int64_t n, unsigned blocks) {
+  if (!map2_float4_path(a, b, y)) throw std::invalid_argument("map2_float4_cuda_on_host: arrays not 16-byte aligned");
+  if (n <= 0) return;
+  const std::string name = op;
+  const int64_t threads = static_cast<int64_t>(blocks != 0 ? blocks : map2_float4_blocks(n)) * kMapThreads;
+  for (int64_t t = 0; t < threads; ++t) {
+    if (name == "relu") map2_float4_thread<false>(a, nullptr, y, n, ReluFwd{}, t, threads);
+    else if (name == "relu_backward") map2_float4_thread<true>(a, b, y, n, ReluBwd{}, t, threads);
+    else throw std::invalid_argument("map2_float4_cuda_on_host: unknown op " + name);
+  }
+}
+
 template <typename T> void fill_cuda(T* y, T value, int64_t n) {
   parallel_for(n, [=] __device__(int64_t i) { y[i] = value; });
 }

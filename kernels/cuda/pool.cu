@@ -444,6 +444,15 @@ template <typename T> __global__ void global_avg_pool_kernel(const T* x, T* y, i
 
 constexpr int kGlobalPoolThreads = 256;
 
+// A global pool's backward at input element i (all the planes' elements below 2^31):
+// 0 + gy[plane] / (H * W), the general gather's one window, with the plane i / (H * W)
+// from a FastDiv.
+template <typename T>
+__host__ __device__ __forceinline__ void global_avg_pool_backward_at(const T* gy, T* gx, unsigned i,
+                                                                     const FastDiv& plane) {
+  gx[i] = T(0) + gy[plane.div(i)] / static_cast<T>(plane.d);
+}
+
 // Windows of one element (AlexNet's 6 x 6), forward or backward: the general sum's 0 + x
 // over a count of 1, the same bits.
 template <typename T> void one_element_windows(const T* x, T* y, int64_t n) {
@@ -481,8 +490,13 @@ void adaptive_avg_pool2d_backward_cuda(const T* gy, T* gx, int64_t NC, int64_t H
                                        int64_t Ho, int64_t Wo) {
   if (Ho == H && Wo == W) return one_element_windows(gy, gx, NC * H * W);
   if (Ho == 1 && Wo == 1) {  // one window over the plane: the general gather's 0 + gy / (H * W)
-    const int64_t hw = H * W;
-    parallel_for(NC * hw, [=] __device__(int64_t i) { gx[i] = T(0) + gy[i / hw] / static_cast<T>(hw); });
+    const int64_t hw = H * W, n = NC * hw;
+    if (n <= std::numeric_limits<int>::max()) {  // the plane by a multiply-high, not a 64-bit division
+      const FastDiv plane(static_cast<unsigned>(hw));
+      parallel_for(n, [=] __device__(int64_t i) { global_avg_pool_backward_at(gy, gx, static_cast<unsigned>(i), plane); });
+    } else {
+      parallel_for(n, [=] __device__(int64_t i) { gx[i] = T(0) + gy[i / hw] / static_cast<T>(hw); });
+    }
     return;
   }
   parallel_for(NC * H * W, [=] __device__(int64_t k) {
@@ -518,12 +532,23 @@ void adaptive_avg_pool2d_forward_cuda_on_host(const T* x, T* y, int64_t NC, int6
     });
 }
 
+template <typename T>
+void adaptive_avg_pool2d_backward_cuda_on_host(const T* gy, T* gx, int64_t NC, int64_t H, int64_t W) {
+  const int64_t n = NC * H * W;
+  if (n > std::numeric_limits<int>::max())
+    throw std::invalid_argument("adaptive_avg_pool2d_backward_cuda_on_host: beyond the FastDiv kernel");
+  if (n <= 0) return;
+  const FastDiv plane(static_cast<unsigned>(H * W));
+  for (unsigned i = 0; i < static_cast<unsigned>(n); ++i) global_avg_pool_backward_at(gy, gx, i, plane);
+}
+
 #define INSTANTIATE(T)                                                                        \
   template void max_pool2d_forward_cuda<T>(const T*, T*, int64_t*, const Pool2dShape&);       \
   template void max_pool2d_backward_cuda<T>(const T*, const int64_t*, T*, const Pool2dShape&); \
   template void max_pool2d_forward_cuda_on_host<T>(const T*, T*, int64_t*, const Pool2dShape&, bool); \
   template void max_pool2d_backward_cuda_on_host<T>(const T*, const int64_t*, T*, const Pool2dShape&, bool); \
   template void adaptive_avg_pool2d_forward_cuda_on_host<T>(const T*, T*, int64_t, int64_t, int64_t); \
+  template void adaptive_avg_pool2d_backward_cuda_on_host<T>(const T*, T*, int64_t, int64_t, int64_t); \
   template void adaptive_avg_pool2d_forward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t,  \
                                                     int64_t, int64_t);                        \
   template void adaptive_avg_pool2d_backward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t, \

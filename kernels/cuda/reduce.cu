@@ -110,7 +110,8 @@ int64_t sum_all_blocks(int64_t n) { return std::min<int64_t>(ceil_div(n, kThread
 
 // Thread `first` of `stride` threads: the double sum of x[first], x[first + stride], ....
 // vec (float only, x 16-byte aligned): four elements at a time (the float4s first,
-// first + stride, ...), then its share of the last n % 4 one at a time.
+// first + stride, ..., four of them loaded before the first is added), then its share of
+// the last n % 4 one at a time.
 template <typename T>
 ENGINE_HD double thread_sum(const T* x, int64_t n, bool vec, int64_t first, int64_t stride) {
   double acc = 0;
@@ -118,13 +119,14 @@ ENGINE_HD double thread_sum(const T* x, int64_t n, bool vec, int64_t first, int6
   if constexpr (std::is_same_v<T, float>) {
     if (vec) {
       const float4* x4 = reinterpret_cast<const float4*>(x);
-      for (int64_t i = first; i < (n >> 2); i += stride) {
-        const float4 v = x4[i];
-        acc += static_cast<double>(v.x);
-        acc += static_cast<double>(v.y);
-        acc += static_cast<double>(v.z);
-        acc += static_cast<double>(v.w);
-      }
+      cuda::strided_unrolled<4>(
+          first, stride, n >> 2, [&](int64_t i) { return x4[i]; },
+          [&](int64_t, const float4& v) {
+            acc += static_cast<double>(v.x);
+            acc += static_cast<double>(v.y);
+            acc += static_cast<double>(v.z);
+            acc += static_cast<double>(v.w);
+          });
       done = (n >> 2) << 2;
     }
   }
