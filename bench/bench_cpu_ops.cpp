@@ -22,6 +22,7 @@
 //   Gemm/<layer>/<impl>: fc6-fc8 forward, y = x W^T + b. impl: `engine`
 //     (engine::linear: oneDNN's matmul primitive, GEMV at batch 1), `openblas`
 //     (cblas_sgemm alone, no bias), `onednn` (dnnl_sgemm, oneDNN's BLAS-like call).
+//   GemvDataGrad/<layer>/<impl>: batch 1's data gradient gx = gy W, the same three.
 //   MaxPool/<layer> (the three pools, forward without the argmax), Relu.
 //   MaxPoolTrain/<layer>/forward|backward (with the argmax, batch 64), Axpby (y = a x + b z),
 //   SumAll, LogSoftmax/forward|backward (rows of 1000), Sgd (a momentum step over
@@ -56,8 +57,8 @@
 #include "engine/random.h"
 #include "kernels/cat.h"
 #include "kernels/conv.h"
-#include "kernels/elementwise.h"
 #include "kernels/gemm.h"
+#include "kernels/elementwise.h"
 #include "kernels/pool.h"
 #include "kernels/reduce.h"
 #include "kernels/sgd.h"
@@ -373,6 +374,38 @@ void BM_GemmOneDnn(benchmark::State& state, int layer) {
 }
 #endif
 
+// Batch 1's data gradient, gx = gy W (gy [1, out], W [out, in]): the product saliency takes
+// through every FC layer, bound by reading W once. `engine`: kernels::gemm_cpu (its own
+// GEMV, columns split between threads); `openblas`: cblas_sgemv; `onednn`: dnnl_sgemm.
+// Counters: FLOP/s, and W's bytes read per second with their share of the memcpy figure.
+enum class GemvImpl { Engine, OpenBlas, OneDnn };
+void BM_GemvDataGrad(benchmark::State& state, int layer, GemvImpl impl) {
+  const FcCase f = kFcs[layer];
+  Generator g(3);
+  Tensor gy = Tensor::randn({1, f.out}, g), w = Tensor::randn({f.out, f.in}, g), gx = Tensor::empty({1, f.in});
+  const float* a = gy.data<float>();
+  const float* b = w.data<float>();
+  float* c = gx.data<float>();
+  const int out = static_cast<int>(f.out), in = static_cast<int>(f.in);
+  const double sec = timed(state, [&] {
+    switch (impl) {
+      case GemvImpl::Engine: kernels::gemm_cpu<float>(false, false, 1, in, out, 1.0f, a, out, b, in, 0.0f, c, in); break;
+      case GemvImpl::OpenBlas: cblas_sgemv(CblasRowMajor, CblasTrans, out, in, 1.0f, b, in, a, 1, 0.0f, c, 1); break;
+      case GemvImpl::OneDnn:
+#if ENGINE_BENCH_HAVE_DNNL
+        if (dnnl_sgemm('N', 'N', 1, in, out, 1.0f, a, out, b, in, 0.0f, c, in) != dnnl_success)
+          state.SkipWithError("dnnl_sgemm failed");
+#endif
+        break;
+    }
+    benchmark::ClobberMemory();
+  });
+  set_flops(state, 2.0 * f.in * f.out, sec);
+  const double bytes = 4.0 * f.in * f.out;
+  state.counters["W_B/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1024);
+  state.counters["W_of_memcpy"] = bytes * static_cast<double>(state.iterations()) / sec / g_copy_bw;
+}
+
 // ---- memory-bound ops ------------------------------------------------------------------
 
 struct PoolCase {
@@ -612,6 +645,16 @@ void register_all() {
       for (int64_t n : batches)
         benchmark::RegisterBenchmark((name + impl).c_str(), fn, l)->Arg(n)->Unit(benchmark::kMillisecond)->UseRealTime();
   }
+  for (int l = 0; l < 3; ++l)
+    for (auto [impl, id] : {std::pair{"engine", GemvImpl::Engine}, std::pair{"openblas", GemvImpl::OpenBlas},
+#if ENGINE_BENCH_HAVE_DNNL
+                            std::pair{"onednn", GemvImpl::OneDnn}
+#endif
+                           })
+      benchmark::RegisterBenchmark(("GemvDataGrad/fc" + std::to_string(l + 6) + "/" + impl).c_str(), BM_GemvDataGrad, l,
+                                   id)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
   for (int l = 0; l < 3; ++l)
     for (int64_t n : batches)
       benchmark::RegisterBenchmark(("MaxPool/pool" + std::to_string(l + 1)).c_str(), BM_MaxPool, l)

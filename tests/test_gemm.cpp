@@ -1,7 +1,8 @@
 // The row-major GEMM wrapper against a naive triple loop, for every transpose
 // combination, with padded leading dimensions, including the single-row and
-// single-column shapes that go to GEMV. float32 products of more than one row and column
-// go to oneDNN's matmul in builds with oneDNN, float64 to OpenBLAS: both are checked here.
+// single-column shapes that go to GEMV (the engine's own for float32, OpenBLAS's for
+// float64). float32 products of more than one row and column go to oneDNN's matmul in
+// builds with oneDNN, float64 to OpenBLAS: all are checked here.
 #include <cmath>
 #include <limits>
 
@@ -39,6 +40,13 @@ template <typename T> void check(bool ta, bool tb, int64_t M, int64_t N, int64_t
     for (int64_t j = N; j < ldc; ++j) EXPECT_EQ(c[i * ldc + j], static_cast<T>(C0[i * ldc + j]));
 }
 
+// f(ta, tb, beta_zero) for every transpose combination, with and without beta.
+template <typename F> void for_every_layout(F f) {
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (bool beta_zero : {false, true}) f(ta, tb, beta_zero);
+}
+
 }  // namespace
 
 TEST(Gemm, MatchesNaiveProductForEveryLayout) {
@@ -55,13 +63,24 @@ TEST(Gemm, MatchesNaiveProductForEveryLayout) {
 // Shapes large enough for the blocked kernels' main loops and their tails (sizes that are
 // no multiple of 16 or 64), for every transpose, with and without beta.
 TEST(Gemm, LargerShapesMatchNaiveProductForEveryLayout) {
-  for (bool ta : {false, true})
-    for (bool tb : {false, true})
-      for (bool beta_zero : {false, true}) {
-        check<float>(ta, tb, 67, 130, 257, beta_zero);
-        check<float>(ta, tb, 2, 1000, 96, beta_zero);
-        check<double>(ta, tb, 67, 130, 257, beta_zero);
-      }
+  for_every_layout([](bool ta, bool tb, bool beta_zero) {
+    check<float>(ta, tb, 67, 130, 257, beta_zero);
+    check<float>(ta, tb, 2, 1000, 96, beta_zero);
+    check<double>(ta, tb, 67, 130, 257, beta_zero);
+  });
+}
+
+// The float32 GEMV kernels (a single row or column): rows in blocks of 4 and a remainder,
+// 16-column steps with a masked tail, columns split between threads, rows four at a time
+// with a remainder; large enough to run on several threads, and small ones on one.
+TEST(Gemm, SingleRowAndColumnProductsMatchNaiveProduct) {
+  for_every_layout([](bool ta, bool tb, bool beta_zero) {
+    check<float>(ta, tb, 1, 1030, 777, beta_zero);
+    check<float>(ta, tb, 1030, 1, 777, beta_zero);
+    check<float>(ta, tb, 1, 7, 23, beta_zero);
+    check<float>(ta, tb, 13, 1, 9, beta_zero);
+    check<float>(ta, tb, 1, 1, 300, beta_zero);
+  });
 }
 
 // Empty products on shapes that take oneDNN's blocked kernels: C untouched where it has no
