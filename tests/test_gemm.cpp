@@ -71,8 +71,9 @@ TEST(Gemm, LargerShapesMatchNaiveProductForEveryLayout) {
 }
 
 // The float32 GEMV kernels (a single row or column): rows in blocks of 4 and a remainder,
-// 16-column steps with a masked tail, columns split between threads, rows four at a time
-// with a remainder; large enough to run on several threads, and small ones on one.
+// 16-column steps with a masked tail; transposed, rows in chunks (up to the cap on their
+// number) four at a time with a remainder; large enough to run on several threads, and
+// small ones on one.
 TEST(Gemm, SingleRowAndColumnProductsMatchNaiveProduct) {
   for_every_layout([](bool ta, bool tb, bool beta_zero) {
     check<float>(ta, tb, 1, 1030, 777, beta_zero);
@@ -80,6 +81,8 @@ TEST(Gemm, SingleRowAndColumnProductsMatchNaiveProduct) {
     check<float>(ta, tb, 1, 7, 23, beta_zero);
     check<float>(ta, tb, 13, 1, 9, beta_zero);
     check<float>(ta, tb, 1, 1, 300, beta_zero);
+    check<float>(ta, tb, 1, 5, 40000, beta_zero);  // transposed: 64 chunks of 625 rows (the cap)
+    check<float>(ta, tb, 5, 1, 40000, beta_zero);
   });
 }
 

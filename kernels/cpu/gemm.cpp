@@ -117,18 +117,20 @@ void gemv_rows_f32(int64_t rows, int64_t cols, float alpha, const float* W, int6
 }
 
 // y[j * inc_y] = alpha * sum_i x[i] W[i, j] + beta * y[j * inc_y], j < cols: W row-major
-// [rows, cols] (row stride ldw), x contiguous. The rows go in fixed chunks of
-// kGemvChunkRows, shared out between threads: each chunk streams its rows whole, into its
-// own partial sum, and the partials are added in chunk order at the end, so the result
-// does not depend on the number of threads.
-constexpr int64_t kGemvChunkRows = 512;
+// [rows, cols] (row stride ldw), x contiguous. The rows go in chunks, at least
+// kGemvChunkRows long and at most kGemvMaxChunks of them (which bounds the partial sums'
+// memory), shared out between threads: each chunk streams its rows whole, into its own
+// partial sum, and the partials are added in chunk order at the end. The chunks depend
+// on the shape alone, so the result does not depend on the number of threads.
+constexpr int64_t kGemvChunkRows = 512, kGemvMaxChunks = 64;
 void gemv_cols_f32(int64_t rows, int64_t cols, float alpha, const float* W, int64_t ldw, const float* x, float beta,
                    float* y, int64_t inc_y) {
-  const int64_t chunks = (rows + kGemvChunkRows - 1) / kGemvChunkRows;
+  const int64_t chunk_rows = std::max(kGemvChunkRows, (rows + kGemvMaxChunks - 1) / kGemvMaxChunks);
+  const int64_t chunks = (rows + chunk_rows - 1) / chunk_rows;
   std::vector<float> part(static_cast<size_t>(chunks * cols));
 #pragma omp parallel for schedule(static) if (rows * cols >= kGemvParallelMin)
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t i0 = c * kGemvChunkRows, i1 = std::min(rows, i0 + kGemvChunkRows);
+    const int64_t i0 = c * chunk_rows, i1 = std::min(rows, i0 + chunk_rows);
     float* s = part.data() + c * cols;
 #if defined(__AVX2__)
     sum_rows(W + i0 * ldw, ldw, x + i0, i1 - i0, cols, s);
