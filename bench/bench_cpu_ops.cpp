@@ -57,8 +57,8 @@
 #include "engine/random.h"
 #include "kernels/cat.h"
 #include "kernels/conv.h"
-#include "kernels/gemm.h"
 #include "kernels/elementwise.h"
+#include "kernels/gemm.h"
 #include "kernels/pool.h"
 #include "kernels/reduce.h"
 #include "kernels/sgd.h"
@@ -376,7 +376,8 @@ void BM_GemmOneDnn(benchmark::State& state, int layer) {
 
 // Batch 1's data gradient, gx = gy W (gy [1, out], W [out, in]): the product saliency takes
 // through every FC layer, bound by reading W once. `engine`: kernels::gemm_cpu (its own
-// GEMV, columns split between threads); `openblas`: cblas_sgemv; `onednn`: dnnl_sgemm.
+// GEMV, W's rows in chunks shared out between threads); `openblas`: cblas_sgemv;
+// `onednn`: dnnl_sgemm.
 // Counters: FLOP/s, and W's bytes read per second with their share of the memcpy figure.
 enum class GemvImpl { Engine, OpenBlas, OneDnn };
 void BM_GemvDataGrad(benchmark::State& state, int layer, GemvImpl impl) {

@@ -136,13 +136,14 @@ template <typename T> void mul_cuda(const T* a, const T* b, T* y, int64_t n) {
 void map2_float4_cuda_on_host(const char* op, const float* a, const float* b, float* y, int64_t n, unsigned blocks) {
   if (!map2_float4_path(a, b, y)) throw std::invalid_argument("map2_float4_cuda_on_host: arrays not 16-byte aligned");
   if (n <= 0) return;
-  const std::string name = op;
   const int64_t threads = static_cast<int64_t>(blocks != 0 ? blocks : map2_float4_blocks(n)) * kMapThreads;
-  for (int64_t t = 0; t < threads; ++t) {
-    if (name == "relu") map2_float4_thread<false>(a, nullptr, y, n, ReluFwd{}, t, threads);
-    else if (name == "relu_backward") map2_float4_thread<true>(a, b, y, n, ReluBwd{}, t, threads);
-    else throw std::invalid_argument("map2_float4_cuda_on_host: unknown op " + name);
-  }
+  auto each_thread = [&](auto binary, const auto& f) {
+    for (int64_t t = 0; t < threads; ++t) map2_float4_thread<decltype(binary)::value>(a, b, y, n, f, t, threads);
+  };
+  const std::string name = op;
+  if (name == "relu") each_thread(std::false_type{}, ReluFwd{});
+  else if (name == "relu_backward") each_thread(std::true_type{}, ReluBwd{});
+  else throw std::invalid_argument("map2_float4_cuda_on_host: unknown op " + name);
 }
 
 template <typename T> void fill_cuda(T* y, T value, int64_t n) {
