@@ -10,7 +10,8 @@
 //   relu/, relu_bwd/, max_pool2d_*/, softmax_fwd/, log_softmax_*/, adaptive_avg_pool2d_*/,
 //              dropout_fwd/, mul/   memory-bound kernels against cuDNN's activation,
 //              pooling, softmax, dropout and OpTensor on the same shapes
-//   cat/, split/   SqueezeNet's Fire concatenation (the same-bytes copy as reference)
+//   cat/, split/   SqueezeNet's Fire concatenation beside cudaMemcpy2DAsync (and the
+//              same-bytes copy)
 //   axpby/, sum_all/   against cuBLAS's SAXPY and SASUM (the same bytes moved)
 //   sgd_step/  the momentum step over AlexNet's parameters (the copy ceiling only)
 // Counters: GFLOP/s or GB/s; frac_of_copy (GB/s over the measured copy bandwidth) and
@@ -558,9 +559,10 @@ void bm_mul(benchmark::State& state, int64_t n, bool ours) {
 }
 
 // SqueezeNet's Fire concatenation at batch 64: two [64, 64, 55, 55] expand outputs into
-// [64, 128, 55, 55] (cat), or back out (split). One strided copy per input; the
-// reference is frac_of_same_copy, a flat copy of the same bytes.
-void bm_cat(benchmark::State& state, bool split) {
+// [64, 128, 55, 55] (cat), or back out (split). Ours (one launch of the copy kernel) or
+// a cudaMemcpy2DAsync per input, the runtime's strided copy; frac_of_same_copy compares
+// either with a flat copy of the same bytes.
+void bm_cat(benchmark::State& state, bool split, bool memcpy2d) {
   guarded(state, [&] {
     const int64_t N = 64, C = 64, HW = 55 * 55, half = N * C * HW;
     DeviceArray<float> a(static_cast<std::size_t>(half)), b(static_cast<std::size_t>(half));
@@ -569,11 +571,24 @@ void bm_cat(benchmark::State& state, bool split) {
     randomize(b, 28);
     randomize(y, 29);
     const std::vector<int64_t> sizes = {C, C};
+    const std::size_t block = static_cast<std::size_t>(C * HW) * sizeof(float), row = 2 * block;
     const double s = run_timed(state, [&] {
-      if (split)
+      if (memcpy2d) {
+        float* parts[2] = {a.get(), b.get()};
+        for (int k = 0; k < 2; ++k) {
+          char* in_y = reinterpret_cast<char*>(y.get()) + k * block;
+          if (split)
+            CUDA_CHECK(cudaMemcpy2DAsync(parts[k], block, in_y, row, block, N, cudaMemcpyDeviceToDevice,
+                                         kernels::cuda::stream()));
+          else
+            CUDA_CHECK(cudaMemcpy2DAsync(in_y, row, parts[k], block, block, N, cudaMemcpyDeviceToDevice,
+                                         kernels::cuda::stream()));
+        }
+      } else if (split) {
         kernels::split_cuda<float>(y.get(), {a.get(), b.get()}, sizes, N, HW);
-      else
+      } else {
         kernels::cat_cuda<float>({a.get(), b.get()}, sizes, y.get(), N, HW);
+      }
     });
     set_gbps(state, 2.0 * 4.0 * static_cast<double>(2 * half), s);
   });
@@ -717,8 +732,10 @@ void register_all() {
   for (int64_t n : {int64_t(128) * 9216, int64_t(1) << 25})
     pair("dropout_fwd/" + std::to_string(n), [n](benchmark::State& st, bool ours) { bm_dropout(st, n, ours); });
   pair("mul/2^25", [](benchmark::State& st, bool ours) { bm_mul(st, int64_t(1) << 25, ours); });
-  add("cat/fire_expand_64x2x64x55x55/ours", [](benchmark::State& st) { bm_cat(st, false); });
-  add("split/fire_expand_64x2x64x55x55/ours", [](benchmark::State& st) { bm_cat(st, true); });
+  add("cat/fire_expand_64x2x64x55x55/memcpy2d", [](benchmark::State& st) { bm_cat(st, false, true); });
+  add("cat/fire_expand_64x2x64x55x55/ours", [](benchmark::State& st) { bm_cat(st, false, false); });
+  add("split/fire_expand_64x2x64x55x55/memcpy2d", [](benchmark::State& st) { bm_cat(st, true, true); });
+  add("split/fire_expand_64x2x64x55x55/ours", [](benchmark::State& st) { bm_cat(st, true, false); });
 
   // Against cuBLAS's nearest routines, which move the same bytes.
   const int64_t n = int64_t(1) << 25;

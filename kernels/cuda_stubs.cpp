@@ -89,6 +89,16 @@ template <typename T>
 void cat_cuda(const std::vector<const T*>&, const std::vector<int64_t>&, T*, int64_t, int64_t) { no_cuda(); }
 template <typename T>
 void split_cuda(const T*, const std::vector<T*>&, const std::vector<int64_t>&, int64_t, int64_t) { no_cuda(); }
+template <typename T>
+void cat_cuda_on_host(const std::vector<const T*>&, const std::vector<int64_t>&, T*, int64_t, int64_t, unsigned,
+                      unsigned) {
+  no_cuda();
+}
+template <typename T>
+void split_cuda_on_host(const T*, const std::vector<T*>&, const std::vector<int64_t>&, int64_t, int64_t, unsigned,
+                        unsigned) {
+  no_cuda();
+}
 
 template <typename T>
 void gemm_cuda(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, int64_t, T, T*, int64_t) {
@@ -152,6 +162,10 @@ void conv2d_forward_im2col_cuda(const T*, const T*, const T*, T*, const Conv2dSh
                             int64_t);                                                               \
   template void split_cuda<T>(const T*, const std::vector<T*>&, const std::vector<int64_t>&,        \
                               int64_t, int64_t);                                                    \
+  template void cat_cuda_on_host<T>(const std::vector<const T*>&, const std::vector<int64_t>&, T*,  \
+                                    int64_t, int64_t, unsigned, unsigned);                          \
+  template void split_cuda_on_host<T>(const T*, const std::vector<T*>&, const std::vector<int64_t>&, \
+                                      int64_t, int64_t, unsigned, unsigned);                        \
   template void gemm_cuda<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t, const T*, \
                              int64_t, T, T*, int64_t);                                              \
   template void gemm_tiled_cuda<T>(bool, bool, int64_t, int64_t, int64_t, T, const T*, int64_t,     \

@@ -18,6 +18,7 @@
 #include <iostream>
 #include <iterator>
 #include <limits>
+#include <random>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -26,6 +27,7 @@
 #include "engine/ops.h"
 #include "engine/ops/common.h"
 #include "engine/optim/sgd.h"
+#include "kernels/cat.h"
 #include "kernels/common.h"
 #include "kernels/conv.h"
 #include "kernels/cuda_runtime.h"
@@ -246,6 +248,91 @@ TEST_P(CudaTyped, CatMatchesCpu) {
                                     leaf(randn({2, 4, 3}, 19, t))}, 0);
   // SqueezeNet's Fire output: expand1x1 and expand3x3 side by side.
   expect_op_matches_cpu(cat_on(1), {leaf(randn({2, 64, 13, 15}, 20, t)), leaf(randn({2, 64, 13, 15}, 21, t))}, 0);
+  // Rows of at least 512 bytes go through the copy kernel: odd widths (4-byte units in
+  // float), and 18 inputs (two launches).
+  expect_op_matches_cpu(cat_on(1), {leaf(randn({3, 5, 37}, 22, t)), leaf(randn({3, 7, 37}, 23, t))}, 0);
+  TensorList many;
+  for (int k = 0; k < 18; ++k) many.push_back(leaf(randn({2, 4, 40}, 24 + k, t)));
+  expect_op_matches_cpu(cat_on(1), many, 0);
+}
+
+// The first element of x on a 16-byte boundary (x itself where it is on one).
+template <typename T> T* first_aligned16(T* x) {
+  while (reinterpret_cast<std::uintptr_t>(x) % 16 != 0) ++x;
+  return x;
+}
+
+// The copy kernel of cat and split, its per-thread code run on the host over the blocks
+// each launch would have (and over fewer, so that threads take several strides and rows),
+// against the CPU's cat and split bit for bit: every unit the kernel picks (16, 8, 4 bytes
+// and a float or double each), unaligned starts, an empty input, more inputs than one
+// launch takes, and a split that skips an input.
+template <typename T> void expect_cat_code_matches_cpu(const std::vector<int64_t>& sizes, int64_t outer,
+                                                       int64_t inner, int64_t misalign, uint64_t seed) {
+  int64_t total = 0;
+  for (int64_t c : sizes) total += c;
+  // Inputs and outputs start `misalign` elements past a 16-byte boundary of their buffers.
+  std::vector<std::vector<T>> store(sizes.size() + 2);
+  std::vector<const T*> xs;
+  std::mt19937_64 gen(seed);
+  std::normal_distribution<double> normal;
+  auto buffer = [&](std::vector<T>& v, int64_t n) {
+    v.assign(static_cast<std::size_t>(n + misalign + 16), T(-7));
+    T* p = first_aligned16(v.data()) + misalign;
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<T>(normal(gen));
+    return p;
+  };
+  for (std::size_t k = 0; k < sizes.size(); ++k) xs.push_back(buffer(store[k], outer * sizes[k] * inner));
+  T* ref = buffer(store[sizes.size()], outer * total * inner);
+  T* y = buffer(store[sizes.size() + 1], outer * total * inner);
+  kernels::cat_cpu<T>(xs, sizes, ref, outer, inner);
+  const std::vector<T> want(ref, ref + outer * total * inner);
+  for (auto [gx, gy] : {std::pair{0u, 0u}, std::pair{1u, 0u}, std::pair{1u, 2u}, std::pair{3u, 1u}}) {
+    SCOPED_TRACE(::testing::Message() << "grid " << gx << " x " << gy);
+    std::fill(y, y + outer * total * inner, T(-7));
+    kernels::cat_cuda_on_host<T>(xs, sizes, y, outer, inner, gx, gy);
+    EXPECT_EQ(std::memcmp(y, want.data(), want.size() * sizeof(T)), 0) << "cat";
+    // Split y back out into fresh outputs, skipping input 0.
+    std::vector<std::vector<T>> back(sizes.size());
+    std::vector<T*> outs(sizes.size(), nullptr);
+    for (std::size_t k = 1; k < sizes.size(); ++k) {
+      outs[k] = buffer(back[k], outer * sizes[k] * inner);
+      std::fill(outs[k], outs[k] + outer * sizes[k] * inner, T(-7));
+    }
+    kernels::split_cuda_on_host<T>(y, outs, sizes, outer, inner, gx, gy);
+    for (std::size_t k = 1; k < sizes.size(); ++k)
+      EXPECT_EQ(std::memcmp(outs[k], xs[k], static_cast<std::size_t>(outer * sizes[k] * inner) * sizeof(T)), 0)
+          << "split, input " << k;
+  }
+}
+
+TEST(CudaKernelsOnHost, CatCopyCodeMatchesCpu) {
+#if !ENGINE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA: no kernel code to run";
+#else
+  struct Case {
+    std::vector<int64_t> sizes;
+    int64_t outer, inner, misalign;
+  };
+  std::vector<int64_t> many;  // 19 inputs: two launches
+  for (int k = 0; k < 19; ++k) many.push_back(1 + k % 4);
+  const Case cases[] = {
+      {{64, 64}, 3, 16, 0},      // blocks of 4 KB: 16-byte units
+      {{5, 7}, 7, 37, 0},        // odd widths: 4-byte units
+      {{2, 6}, 5, 301, 0},       // widths of 2408 and 7224 bytes: 8-byte units (float)
+      {{64, 64}, 3, 16, 1},      // unaligned starts: 4-byte units
+      {{3, 0, 4}, 6, 129, 0},    // an empty input
+      {many, 5, 33, 0},          // two launches
+      {{1, 1}, 2, 10000, 0},     // rows far wider than a block's trip
+  };
+  uint64_t seed = 600;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << c.sizes.size() << " inputs, outer " << c.outer << ", inner " << c.inner
+                                      << ", misaligned by " << c.misalign);
+    expect_cat_code_matches_cpu<float>(c.sizes, c.outer, c.inner, c.misalign, seed++);
+    expect_cat_code_matches_cpu<double>(c.sizes, c.outer, c.inner, c.misalign, seed++);
+  }
+#endif
 }
 
 // ---- reductions ---------------------------------------------------------------------------
@@ -664,12 +751,6 @@ TEST_P(CudaTyped, AdaptiveAvgPool2dMatchesCpu) {
 }
 
 // ---- the optimiser ------------------------------------------------------------------------
-
-// The first element of x on a 16-byte boundary (x itself where it is on one).
-template <typename T> T* first_aligned16(T* x) {
-  while (reinterpret_cast<std::uintptr_t>(x) % 16 != 0) ++x;
-  return x;
-}
 
 // lr, momentum, dampening, weight decay, Nesterov, first step: every branch of the update.
 const kernels::SgdParams kSgdCases[] = {{0.1, 0.9, 0.1, 1e-2, false, false},
