@@ -201,6 +201,7 @@ __host__ __device__ void softmax_backward_row_regs(const T* gy, const T* y, T* g
 // Row functors for the row kernels: f(row, group) for a block per row, f.regs<P>(row,
 // lane) for a warp per row in registers.
 template <typename T> struct SoftmaxForwardRow {
+  static constexpr int kMinBlocks32 = sizeof(T) == 4 ? 4 : 1;
   const T* x;
   T* y;
   int64_t dim;
@@ -214,6 +215,7 @@ template <typename T> struct SoftmaxForwardRow {
 };
 
 template <typename T> struct SoftmaxBackwardRow {
+  static constexpr int kMinBlocks32 = sizeof(T) == 4 ? 2 : 1;
   const T* gy;
   const T* y;
   T* gx;
@@ -230,6 +232,7 @@ template <typename T> struct SoftmaxBackwardRow {
 // prob = softmax of row r; row_loss[r] = log s + m - z[t]. A target outside [0, K) (the
 // engine op rejects those on the host) is clamped rather than read out of bounds.
 template <typename T> struct CrossEntropyRow {
+  static constexpr int kMinBlocks32 = sizeof(T) == 4 ? 4 : 1;
   const T* z;
   const int64_t* target;
   T* prob;
@@ -250,7 +253,17 @@ template <typename T> struct CrossEntropyRow {
   }
 };
 
-template <int P, typename F> __global__ void rows_warp_kernel(int64_t rows, F f) {
+// At P = 32 (rows of 513 to 1024: a classifier's 1000 classes) a float row takes 32
+// registers a lane (64 backward, with its gradient), so without a bound the compiler's
+// register count allows only 3 blocks of 256 per multiprocessor forward (80 registers)
+// and 1 backward (148): 37.5% and 12.5% occupancy, the loads of too few rows in flight
+// (Nsight Compute on an H100: 75% of issue slots with no eligible warp). Each row
+// functor's kMinBlocks32 asks for more blocks where the registers still fit without
+// spills (ptxas -v: float forward 64, backward 128 registers; double keeps its count).
+// On the H100, 8192 x 1000: softmax forward 48.9 -> 44.6 us, log-softmax backward
+// 55.7 -> 43.2 us.
+template <int P, typename F>
+__global__ void __launch_bounds__(kThreads, P >= 32 ? F::kMinBlocks32 : 1) rows_warp_kernel(int64_t rows, F f) {
   const int64_t warps = blockDim.x >> 5;
   const int lane = static_cast<int>(threadIdx.x & 31);
   // r is the same for all lanes of a warp, so every lane takes part in the shuffles.
