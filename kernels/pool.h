@@ -49,7 +49,8 @@ void adaptive_avg_pool2d_forward_cuda(const T* x, T* y, int64_t NC, int64_t H, i
                                       int64_t Ho, int64_t Wo);
 // For tests: the global average pool's warp code (Ho = Wo = 1) run on the host, 32 threads
 // a plane with the shuffles' order of summation; and its backward's per-thread code (all
-// the planes' elements below 2^31), thread by thread. Host pointers.
+// the planes' elements below 2^31), thread by thread: the float4 kernel's over its grid
+// for float with gx 16-byte aligned, else one element a thread. Host pointers.
 template <typename T>
 void adaptive_avg_pool2d_forward_cuda_on_host(const T* x, T* y, int64_t NC, int64_t H, int64_t W);
 template <typename T>

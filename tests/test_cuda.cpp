@@ -724,10 +724,15 @@ TEST(CudaKernelsOnHost, GlobalAvgPoolBackwardCodeMatchesCpu) {
       const Tensor r = randn({NC}, seed++);
       std::vector<T> gy(static_cast<size_t>(NC));
       for (int64_t p = 0; p < NC; ++p) gy[static_cast<size_t>(p)] = static_cast<T>(r.data<double>()[p]);
-      std::vector<T> gx_cpu(static_cast<size_t>(NC * H * W)), gx_dev(gx_cpu.size(), T(-7));
+      std::vector<T> gx_cpu(static_cast<size_t>(NC * H * W)), buf(gx_cpu.size() + 8, T(-7));
       kernels::adaptive_avg_pool2d_backward_cpu<T>(gy.data(), gx_cpu.data(), NC, H, W, 1, 1);
-      kernels::adaptive_avg_pool2d_backward_cuda_on_host<T>(gy.data(), gx_dev.data(), NC, H, W);
-      EXPECT_EQ(0, std::memcmp(gx_dev.data(), gx_cpu.data(), gx_cpu.size() * sizeof(T)));
+      // 16-byte aligned (float: the float4 kernel) and one element past it (one a thread).
+      for (int off : {0, 1}) {
+        T* gx_dev = first_aligned16(buf.data()) + off;
+        std::fill(buf.begin(), buf.end(), T(-7));
+        kernels::adaptive_avg_pool2d_backward_cuda_on_host<T>(gy.data(), gx_dev, NC, H, W);
+        EXPECT_EQ(0, std::memcmp(gx_dev, gx_cpu.data(), gx_cpu.size() * sizeof(T))) << "offset " << off;
+      }
     };
     check(float{});
     check(double{});
