@@ -4,7 +4,10 @@
 // float64). float32 products of more than one row and column go to oneDNN's matmul in
 // builds with oneDNN, float64 to OpenBLAS: all are checked here.
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "kernels/gemm.h"
 #include "tests/test_util.h"
@@ -84,6 +87,45 @@ TEST(Gemm, SingleRowAndColumnProductsMatchNaiveProduct) {
     check<float>(ta, tb, 1, 5, 40000, beta_zero);  // transposed: 64 chunks of 625 rows (the cap)
     check<float>(ta, tb, 5, 1, 40000, beta_zero);
   });
+}
+
+// The transposed single-row product (linear's data gradient at batch 1) does not read the
+// rows of B whose coefficient is zero: with half the coefficients zero (runs of them, and
+// negative zeros), the result is the same bits as the product over the other rows alone
+// (one chunk of rows, so the same sums in the same order), and agrees with the naive
+// product over many chunks.
+TEST(Gemm, TransposedSingleRowProductSkipsZeroCoefficientsExactly) {
+  for (int64_t K : {int64_t(500), int64_t(40000)}) {
+    SCOPED_TRACE("K " + std::to_string(K));
+    const int64_t N = 777, ldb = N + 3;
+    const auto A = testing_util::randn({K}, 11).to_vector<float>();
+    const auto B = testing_util::randn({K * ldb}, 12).to_vector<float>();
+    std::vector<float> a(A.begin(), A.end());
+    for (int64_t k = 0; k < K; ++k)
+      if (k % 3 == 1 || (k / 7) % 4 == 2) a[k] = (k % 2 == 0) ? 0.0f : -0.0f;
+    std::vector<float> c(N, 0.0f);
+    kernels::gemm_cpu<float>(false, false, 1, N, K, 0.7f, a.data(), K, B.data(), ldb, 0.0f, c.data(), N);
+    std::vector<float> a2, b2;
+    for (int64_t k = 0; k < K; ++k)
+      if (a[k] != 0.0f) {
+        a2.push_back(a[k]);
+        b2.insert(b2.end(), B.begin() + k * ldb, B.begin() + (k + 1) * ldb);
+      }
+    ASSERT_GT(a2.size(), 0u);
+    ASSERT_LT(a2.size(), static_cast<size_t>(K / 2 + K / 8));
+    if (K <= 512) {
+      std::vector<float> c2(N, 0.0f);
+      const int64_t K2 = static_cast<int64_t>(a2.size());
+      kernels::gemm_cpu<float>(false, false, 1, N, K2, 0.7f, a2.data(), K2, b2.data(), ldb, 0.0f, c2.data(), N);
+      EXPECT_EQ(std::memcmp(c.data(), c2.data(), c.size() * sizeof(float)), 0);
+    }
+    for (int64_t j = 0; j < N; ++j) {
+      double want = 0;
+      for (int64_t k = 0; k < K; ++k) want += static_cast<double>(a[k]) * B[k * ldb + j];
+      want *= 0.7;
+      EXPECT_NEAR(c[j], want, 1e-5 * std::sqrt(static_cast<double>(K)) * (1 + std::fabs(want))) << "column " << j;
+    }
+  }
 }
 
 // Empty products on shapes that take oneDNN's blocked kernels: C untouched where it has no

@@ -60,31 +60,54 @@ template <int R> void dot_rows(const float* W, int64_t ldw, const float* x, int6
   for (int r = 0; r < R; ++r) out[r] = hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
 }
 
-// s[j] += sum_r x[r] W[r, j] for j < cols over the R rows at W (row stride ldw): a chain
-// of R FMAs per 8 columns, in row order, the last columns masked.
-template <int R> void add_rows(const float* W, int64_t ldw, const float* x, int64_t cols, float* s) {
+// s[j] += sum_r xr[r] w[r][j] for j < cols over R rows w[r]: a chain of R FMAs per 8
+// columns, in the order given, the last columns masked.
+template <int R> void add_rows(const float* const* w, const float* xr, int64_t cols, float* s) {
   __m256 xv[R];
-  for (int r = 0; r < R; ++r) xv[r] = _mm256_set1_ps(x[r]);
+  for (int r = 0; r < R; ++r) xv[r] = _mm256_set1_ps(xr[r]);
   int64_t j = 0;
   for (; j + 8 <= cols; j += 8) {
     __m256 v = _mm256_loadu_ps(s + j);
-    for (int r = 0; r < R; ++r) v = _mm256_fmadd_ps(_mm256_loadu_ps(W + r * ldw + j), xv[r], v);
+    for (int r = 0; r < R; ++r) v = _mm256_fmadd_ps(_mm256_loadu_ps(w[r] + j), xv[r], v);
     _mm256_storeu_ps(s + j, v);
   }
   if (j < cols) {
     const __m256i m = first_lanes(cols - j);
     __m256 v = _mm256_maskload_ps(s + j, m);
-    for (int r = 0; r < R; ++r) v = _mm256_fmadd_ps(_mm256_maskload_ps(W + r * ldw + j, m), xv[r], v);
+    for (int r = 0; r < R; ++r) v = _mm256_fmadd_ps(_mm256_maskload_ps(w[r] + j, m), xv[r], v);
     _mm256_maskstore_ps(s + j, m, v);
   }
 }
 
-// s[j] = sum_i x[i] W[i, j] for j < cols over the rows at W, streamed four at a time.
+// s[j] = sum_i x[i] W[i, j] for j < cols over the rows at W, streamed four at a time in
+// row order. Rows whose x[i] is zero are not read: their terms would add zeros, which
+// change nothing but the sign of a zero sum, short of an inf or NaN in a skipped row,
+// whose product with 0 would have made the column NaN, as it does in PyTorch (the
+// reference BLAS skipped such terms too until LAPACK 3.5 dropped the check for NaN's
+// sake). The README lists this with the engine's other departures from PyTorch.
+// A batch-1 backward through ReLUs hands linear's data gradient vectors that are zero
+// wherever the ReLU above was inactive (about half of AlexNet's fc6 and fc7 at random
+// weights), and each skipped row is a row of weights not read from memory.
 void sum_rows(const float* W, int64_t ldw, const float* x, int64_t rows, int64_t cols, float* s) {
   std::fill(s, s + cols, 0.0f);
-  int64_t i = 0;
-  for (; i + 4 <= rows; i += 4) add_rows<4>(W + i * ldw, ldw, x + i, cols, s);
-  for (; i < rows; ++i) add_rows<1>(W + i * ldw, ldw, x + i, cols, s);
+  const float* w[4];
+  float xr[4];
+  int n = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    if (x[i] == 0.0f) continue;
+    w[n] = W + i * ldw;
+    xr[n] = x[i];
+    if (++n == 4) {
+      add_rows<4>(w, xr, cols, s);
+      n = 0;
+    }
+  }
+  switch (n) {
+    case 3: add_rows<3>(w, xr, cols, s); break;
+    case 2: add_rows<2>(w, xr, cols, s); break;
+    case 1: add_rows<1>(w, xr, cols, s); break;
+    default: break;
+  }
 }
 #endif
 
@@ -137,7 +160,8 @@ void gemv_cols_f32(int64_t rows, int64_t cols, float alpha, const float* W, int6
 #else
     for (int64_t j = 0; j < cols; ++j) s[j] = 0.0f;
     for (int64_t i = i0; i < i1; ++i)
-      for (int64_t j = 0; j < cols; ++j) s[j] += W[i * ldw + j] * x[i];
+      if (x[i] != 0.0f)  // as sum_rows: a zero term is not read
+        for (int64_t j = 0; j < cols; ++j) s[j] += W[i * ldw + j] * x[i];
 #endif
   }
   for (int64_t c = 1; c < chunks; ++c)
