@@ -122,12 +122,15 @@ template <typename F> void with_unit(std::size_t u, F f) {
   }
 }
 
+// Whether the copy's rows lie back to back at both ends: one plain copy.
+bool contiguous(const ByteCopy& c, int64_t rows) { return rows == 1 || (c.dpitch == c.width && c.spitch == c.width); }
+
 // dst[r * dpitch, + width) = src[r * spitch, + width) for r < rows (bytes), device to
 // device on the engine's stream: a plain copy when the rows are contiguous, else
 // cudaMemcpy2DAsync (one row at a time past its pitch limit).
 void copy_rows(const ByteCopy& c, int64_t rows) {
   if (c.width == 0 || rows <= 0) return;
-  if (rows == 1 || (c.dpitch == c.width && c.spitch == c.width)) {
+  if (contiguous(c, rows)) {
     CUDA_CHECK(cudaMemcpyAsync(c.dst, c.src, c.width * static_cast<std::size_t>(rows), cudaMemcpyDeviceToDevice,
                                cuda::stream()));
     return;
@@ -148,9 +151,8 @@ void run_copies(const std::vector<ByteCopy>& all, int64_t rows, std::size_t elem
   if (rows <= 0) return;
   std::vector<ByteCopy> wide;
   for (const ByteCopy& c : all) {
-    const bool contiguous = rows == 1 || (c.dpitch == c.width && c.spitch == c.width);
     if (c.width == 0) continue;
-    if (contiguous || c.width < kKernelRowBytes) copy_rows(c, rows);
+    if (contiguous(c, rows) || c.width < kKernelRowBytes) copy_rows(c, rows);
     else wide.push_back(c);
   }
   if (wide.empty()) return;
