@@ -35,6 +35,10 @@ template <typename T> void mul_cuda(const T* a, const T* b, T* y, int64_t n);
 // = a, y = b). a, b and y must be 16-byte aligned.
 void map2_float4_cuda_on_host(const char* op, const float* a, const float* b, float* y, int64_t n,
                               unsigned blocks = 0);
+// Dropout's float kernel (four elements at a time, the CPU's draws) the same way, over
+// float arrays that must be 16-byte aligned.
+void dropout_float4_cuda_on_host(const float* x, float* mask, float* y, float p, uint64_t seed, uint64_t offset,
+                                 int64_t n, unsigned blocks = 0);
 template <typename T> void fill_cuda(T* y, T value, int64_t n);
 template <typename From, typename To> void convert_cuda(const From* x, To* y, int64_t n);
 template <typename T> void uniform_cuda(T* y, T lo, T hi, uint64_t seed, uint64_t offset, int64_t n);

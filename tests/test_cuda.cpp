@@ -392,22 +392,43 @@ TEST_P(CudaTyped, SoftmaxAndLogSoftmaxMatchCpu) {
   }
 }
 
+// More rows than the device holds warps at once (its multiprocessors times the blocks
+// resident on each): every warp of the warp kernel takes several rows, each loaded before
+// the previous one is computed. 24000 rows of 1000 (the classifier's width) and 60000 of
+// 100 (a narrower register width, whose backward prefetches too).
+TEST_P(CudaTyped, SoftmaxManyRowsPerWarpMatchCpu) {
+  SKIP_WITHOUT_CUDA();
+  const DType t = GetParam();
+  const double r = rtol_for(t);
+  uint64_t seed = 58;
+  for (const Shape& shape : {Shape{24000, 1000}, Shape{60000, 100}}) {
+    SCOPED_TRACE(shape_str(shape));
+    const Tensor x = leaf(mul(randn(shape, seed++, t), 3.0).detach());
+    expect_op_matches_cpu([](const TensorList& in) { return softmax(in[0], 1); }, {x}, r);
+    expect_op_matches_cpu([](const TensorList& in) { return log_softmax(in[0], 1); }, {x}, r);
+  }
+  std::vector<int64_t> targets;
+  for (int64_t i = 0; i < 24000; ++i) targets.push_back((i * 389) % 1000);
+  expect_op_matches_cpu([&targets](const TensorList& in) { return cross_entropy(in[0], targets); },
+                        {leaf(mul(randn({24000, 1000}, seed, t), 4.0).detach())}, r);
+}
+
 // The warp-per-row softmax code, run on the host (no GPU needed) for every register width
 // and both directions, against the CPU's kernels. The two sum in different orders (and
 // may differ in expf's last bit), hence a tolerance of a few float or double roundings.
+// Five rows on a warp each, on one warp (each row's loads issued before the previous row
+// is computed: four hand-overs) and on two (three rows and two).
 template <typename T> void expect_warp_softmax_matches_cpu(int64_t dim, bool log, uint64_t seed) {
-  const int64_t rows = 3, n = rows * dim;
+  const int64_t rows = 5, n = rows * dim;
   const Tensor rx = randn({n}, seed), rg = randn({n}, seed + 1);
   std::vector<T> x(n), gy(n);
   for (int64_t i = 0; i < n; ++i) {
     x[i] = static_cast<T>(4.0 * rx.data<double>()[i]);
     gy[i] = static_cast<T>(rg.data<double>()[i]);
   }
-  std::vector<T> y_cpu(n), y_dev(n, T(-7)), gx_cpu(n), gx_dev(n, T(-7));
+  std::vector<T> y_cpu(n), gx_cpu(n);
   kernels::softmax_forward_cpu<T>(x.data(), y_cpu.data(), rows, dim, 1, log);
-  kernels::softmax_forward_cuda_on_host<T>(x.data(), y_dev.data(), rows, dim, log);
   kernels::softmax_backward_cpu<T>(gy.data(), y_cpu.data(), gx_cpu.data(), rows, dim, 1, log);
-  kernels::softmax_backward_cuda_on_host<T>(gy.data(), y_cpu.data(), gx_dev.data(), rows, dim, log);
   const double tol = std::is_same_v<T, float> ? 2e-6 : 1e-13;
   auto rel = [](const std::vector<T>& a, const std::vector<T>& b) {
     double diff = 0, ref = 0;
@@ -417,8 +438,14 @@ template <typename T> void expect_warp_softmax_matches_cpu(int64_t dim, bool log
     }
     return ref > 0 ? diff / ref : diff;
   };
-  EXPECT_LE(rel(y_dev, y_cpu), tol) << "forward";
-  EXPECT_LE(rel(gx_dev, gx_cpu), tol) << "backward";
+  for (int64_t warps : {0, 1, 2}) {
+    SCOPED_TRACE("warps " + std::to_string(warps));
+    std::vector<T> y_dev(n, T(-7)), gx_dev(n, T(-7));
+    kernels::softmax_forward_cuda_on_host<T>(x.data(), y_dev.data(), rows, dim, log, warps);
+    kernels::softmax_backward_cuda_on_host<T>(gy.data(), y_cpu.data(), gx_dev.data(), rows, dim, log, warps);
+    EXPECT_LE(rel(y_dev, y_cpu), tol) << "forward";
+    EXPECT_LE(rel(gx_dev, gx_cpu), tol) << "backward";
+  }
 }
 
 TEST(CudaKernelsOnHost, WarpSoftmaxCodeMatchesCpu) {
@@ -435,6 +462,8 @@ TEST(CudaKernelsOnHost, WarpSoftmaxCodeMatchesCpu) {
     }
   std::vector<float> row(1025);
   EXPECT_THROW(kernels::softmax_forward_cuda_on_host<float>(row.data(), row.data(), 1, 1025, false),
+               std::invalid_argument);
+  EXPECT_THROW(kernels::softmax_forward_cuda_on_host<float>(row.data(), row.data(), 1, 8, false, -1),
                std::invalid_argument);
 #endif
 }
@@ -871,6 +900,43 @@ TEST(CudaKernelsOnHost, ElementwiseFloat4CodeMatchesCpu) {
   EXPECT_THROW(kernels::map2_float4_cuda_on_host("relu", x.data<float>() + 1, nullptr, x.data<float>(), 8),
                std::invalid_argument);
   EXPECT_THROW(kernels::map2_float4_cuda_on_host("tanh", x.data<float>(), nullptr, x.data<float>(), 8),
+               std::invalid_argument);
+#endif
+}
+
+// Dropout's float4 kernel code on the host against the CPU's dropout, bit for bit: the
+// same Philox draw per element (counter offset + i), so the same mask and output. Sizes
+// cover every remainder mod 4 and cut-short trips; grids the launch's own and of 1 and 3
+// blocks; p of 0.3 and 0 (nothing dropped) and 1 (everything).
+TEST(CudaKernelsOnHost, DropoutFloat4CodeMatchesCpu) {
+#if !ENGINE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA: no kernel code to run";
+#else
+  uint64_t seed = 360;
+  for (int64_t n : {0, 1, 3, 4, 5, 17, 1023, 4099, 12289, 100003})
+    for (float p : {0.3f, 0.0f, 1.0f}) {
+      const Tensor x = randn({n}, seed++, DType::F32);
+      ASSERT_TRUE(first_aligned16(x.data<float>()) == x.data<float>());
+      Tensor mask = Tensor::full({n}, -7.0, DType::F32), y = Tensor::full({n}, -7.0, DType::F32);
+      const uint64_t offset = 1000 + seed;
+      kernels::dropout_forward_cpu<float>(x.data<float>(), mask.data<float>(), y.data<float>(), p, 77, offset, n);
+      if (p == 0.3f && n > 1000) {  // a real mask: about p of it dropped
+        int64_t dropped = 0;
+        for (double m : mask.to_vector<double>()) dropped += m == 0.0;
+        EXPECT_NEAR(static_cast<double>(dropped) / static_cast<double>(n), 0.3, 0.03);
+      }
+      for (unsigned blocks : {0u, 1u, 3u}) {
+        SCOPED_TRACE("n " + std::to_string(n) + " p " + std::to_string(p) + " blocks " + std::to_string(blocks));
+        Tensor mask_d = Tensor::full({n}, -7.0, DType::F32), y_d = Tensor::full({n}, -7.0, DType::F32);
+        kernels::dropout_float4_cuda_on_host(x.data<float>(), mask_d.data<float>(), y_d.data<float>(), p, 77, offset,
+                                             n, blocks);
+        EXPECT_TRUE(bit_identical(mask_d, mask));
+        EXPECT_TRUE(bit_identical(y_d, y));
+      }
+    }
+  Tensor x = randn({9}, seed, DType::F32), m = Tensor::empty({9}, DType::F32), y = Tensor::empty({9}, DType::F32);
+  EXPECT_THROW(kernels::dropout_float4_cuda_on_host(x.data<float>() + 1, m.data<float>(), y.data<float>(), 0.5f, 1,
+                                                    0, 8),
                std::invalid_argument);
 #endif
 }

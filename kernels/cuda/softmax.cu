@@ -8,10 +8,11 @@
 // Memory-bound.
 // The CPU's formulas: max-subtracted, sums in double, the exponential in the tensor's
 // type (expf for float, within 2 ulp like the CPU's float rows; exp for double).
-// inner == 1: rows up to 1024 long get one warp each and live in its registers between
-// passes (lane l holds elements l, l + 32, ..., loaded all at once), so each element is
-// read from memory once and written once; longer rows get a block each and reread the
-// row from cache. Reductions are warp shuffles. inner > 1: one thread per (o, i) column,
+// inner == 1: rows up to 1024 long get a warp each at a time and live in its registers
+// between passes (lane l holds elements l, l + 32, ..., loaded all at once), so each
+// element is read from memory once and written once; the grid holds no more warps than
+// the device runs at once, and each warp loads its next row while it computes the
+// current one (warp_rows). Longer rows get a block each and reread the row from cache. Reductions are warp shuffles. inner > 1: one thread per (o, i) column,
 // strided by inner, which keeps neighbouring threads on neighbouring addresses.
 // Deterministic: no atomics, the batch mean of cross-entropy is a fixed-order block
 // reduction of per-row losses.
@@ -134,9 +135,18 @@ __device__ void softmax_backward_row(const T* gy, const T* y, T* gx, int64_t dim
 
 // The same rows held in registers: a warp per row of up to 32 * P elements, lane l
 // holding elements l, l + 32, ... (the assignment of the loops above, so the same sums
-// in the same order and the same results bit for bit). Every load of a pass is issued
-// before the first is used. G is WarpGroup on the device, HostWarp (below) when the code
-// runs on the host.
+// in the same order). A row is loaded into a lane's registers (RowRegs, or RowPairRegs
+// for the backward's two inputs) by load_*, all its loads issued before the first is
+// used, and finished from them by *_in_regs: so a warp can issue its next row's loads
+// before it computes the current one (warp_rows). G is WarpGroup on the device,
+// HostWarp (below) when the code runs on the host.
+template <int P, typename T> struct RowRegs {
+  T v[P];
+};
+template <int P, typename T> struct RowPairRegs {
+  T g[P], w[P];
+};
+
 template <int P, typename T>
 __host__ __device__ __forceinline__ void load_row(const T* p, int dim, int lane, T fill, T (&v)[P]) {
 #pragma unroll
@@ -146,12 +156,12 @@ __host__ __device__ __forceinline__ void load_row(const T* p, int dim, int lane,
   }
 }
 
+// softmax or log_softmax of a loaded row (-inf past its end) into y.
 #pragma nv_exec_check_disable
 template <int P, typename T, typename G>
-__host__ __device__ RowStats softmax_row_regs(const T* x, T* y, int dim, bool log, const G& g) {
+__host__ __device__ RowStats softmax_row_in_regs(RowRegs<P, T>& row, T* y, int dim, bool log, const G& g) {
   const int lane = static_cast<int>(g.rank());
-  T v[P];
-  load_row<P>(x, dim, lane, -std::numeric_limits<T>::infinity(), v);
+  T (&v)[P] = row.v;
   T m = -std::numeric_limits<T>::infinity();  // the fill never wins max_of
 #pragma unroll
   for (int j = 0; j < P; ++j) m = max_of(m, v[j]);
@@ -175,14 +185,14 @@ __host__ __device__ RowStats softmax_row_regs(const T* x, T* y, int dim, bool lo
   return {static_cast<double>(m), s};
 }
 
+// The backward of a loaded row: g the output gradient, w the output (0 past its end).
 #pragma nv_exec_check_disable
 template <int P, typename T, typename G>
-__host__ __device__ void softmax_backward_row_regs(const T* gy, const T* y, T* gx, int dim, bool log,
-                                                   const G& group) {
+__host__ __device__ void softmax_backward_row_in_regs(const RowPairRegs<P, T>& row, T* gx, int dim, bool log,
+                                                      const G& group) {
   const int lane = static_cast<int>(group.rank());
-  T g[P], w[P];
-  load_row<P>(gy, dim, lane, T(0), g);
-  load_row<P>(y, dim, lane, T(0), w);
+  const T (&g)[P] = row.g;
+  const T (&w)[P] = row.w;
   double s = 0;
 #pragma unroll
   for (int j = 0; j < P; ++j)
@@ -198,10 +208,14 @@ __host__ __device__ void softmax_backward_row_regs(const T* gy, const T* y, T* g
   }
 }
 
-// Row functors for the row kernels: f(row, group) for a block per row, f.regs<P>(row,
-// lane) for a warp per row in registers.
+// Row functors for the row kernels: f(row, group) for a block per row; for a warp per
+// row in registers, f.load<P>(row, lane, regs) and f.finish<P>(row, regs, group), and
+// f.prefetch<P>(), whether a warp holds two rows at once (its next one's loads in flight
+// while it computes the current one) or one.
 template <typename T> struct SoftmaxForwardRow {
-  static constexpr int kMinBlocks32 = sizeof(T) == 4 ? 4 : 1;
+  static constexpr int kMinBlocks32 = sizeof(T) == 4 ? 2 : 1;
+  template <int P> using Regs = RowRegs<P, T>;
+  template <int P> static constexpr bool prefetch() { return true; }
   const T* x;
   T* y;
   int64_t dim;
@@ -209,13 +223,20 @@ template <typename T> struct SoftmaxForwardRow {
   template <typename G> __device__ void operator()(int64_t r, const G& g) const {
     softmax_row(x + r * dim, y + r * dim, dim, 1, log, g);
   }
-  template <int P> __device__ void regs(int64_t r, int lane) const {
-    softmax_row_regs<P>(x + r * dim, y + r * dim, static_cast<int>(dim), log, WarpGroup{lane});
+  template <int P> __host__ __device__ void load(int64_t r, int lane, Regs<P>& v) const {
+    load_row<P>(x + r * dim, static_cast<int>(dim), lane, -std::numeric_limits<T>::infinity(), v.v);
+  }
+#pragma nv_exec_check_disable
+  template <int P, typename G> __host__ __device__ void finish(int64_t r, Regs<P>& v, const G& g) const {
+    softmax_row_in_regs<P>(v, y + r * dim, static_cast<int>(dim), log, g);
   }
 };
 
 template <typename T> struct SoftmaxBackwardRow {
   static constexpr int kMinBlocks32 = sizeof(T) == 4 ? 2 : 1;
+  template <int P> using Regs = RowPairRegs<P, T>;
+  // Two rows of gradient and output at 32 a lane would be 128 registers of data.
+  template <int P> static constexpr bool prefetch() { return P <= 16; }
   const T* gy;
   const T* y;
   T* gx;
@@ -224,15 +245,22 @@ template <typename T> struct SoftmaxBackwardRow {
   template <typename G> __device__ void operator()(int64_t r, const G& g) const {
     softmax_backward_row(gy + r * dim, y + r * dim, gx + r * dim, dim, 1, log, g);
   }
-  template <int P> __device__ void regs(int64_t r, int lane) const {
-    softmax_backward_row_regs<P>(gy + r * dim, y + r * dim, gx + r * dim, static_cast<int>(dim), log, WarpGroup{lane});
+  template <int P> __host__ __device__ void load(int64_t r, int lane, Regs<P>& v) const {
+    load_row<P>(gy + r * dim, static_cast<int>(dim), lane, T(0), v.g);
+    load_row<P>(y + r * dim, static_cast<int>(dim), lane, T(0), v.w);
+  }
+#pragma nv_exec_check_disable
+  template <int P, typename G> __host__ __device__ void finish(int64_t r, Regs<P>& v, const G& g) const {
+    softmax_backward_row_in_regs<P>(v, gx + r * dim, static_cast<int>(dim), log, g);
   }
 };
 
 // prob = softmax of row r; row_loss[r] = log s + m - z[t]. A target outside [0, K) (the
 // engine op rejects those on the host) is clamped rather than read out of bounds.
 template <typename T> struct CrossEntropyRow {
-  static constexpr int kMinBlocks32 = sizeof(T) == 4 ? 4 : 1;
+  static constexpr int kMinBlocks32 = sizeof(T) == 4 ? 2 : 1;
+  template <int P> using Regs = RowRegs<P, T>;
+  template <int P> static constexpr bool prefetch() { return true; }
   const T* z;
   const int64_t* target;
   T* prob;
@@ -240,35 +268,68 @@ template <typename T> struct CrossEntropyRow {
   int64_t K;
   template <typename G> __device__ void operator()(int64_t r, const G& g) const {
     const RowStats st = softmax_row(z + r * K, prob + r * K, K, 1, false, g);
-    if (g.rank() == 0) finish(r, st);
+    if (g.rank() == 0) finish_loss(r, st);
   }
-  template <int P> __device__ void regs(int64_t r, int lane) const {
-    const RowStats st = softmax_row_regs<P>(z + r * K, prob + r * K, static_cast<int>(K), false, WarpGroup{lane});
-    if (lane == 0) finish(r, st);
+  template <int P> __device__ void load(int64_t r, int lane, Regs<P>& v) const {
+    load_row<P>(z + r * K, static_cast<int>(K), lane, -std::numeric_limits<T>::infinity(), v.v);
   }
-  __device__ void finish(int64_t r, const RowStats& st) const {
+  template <int P, typename G> __device__ void finish(int64_t r, Regs<P>& v, const G& g) const {
+    const RowStats st = softmax_row_in_regs<P>(v, prob + r * K, static_cast<int>(K), false, g);
+    if (g.rank() == 0) finish_loss(r, st);
+  }
+  __device__ void finish_loss(int64_t r, const RowStats& st) const {
     int64_t t = target[r];
     t = t < 0 ? 0 : (t >= K ? K - 1 : t);
     row_loss[r] = ::log(st.s) + st.m - static_cast<double>(z[r * K + t]);
   }
 };
 
-// At P = 32 (rows of 513 to 1024: a classifier's 1000 classes) a float row takes 32
-// registers a lane (64 backward, with its gradient), so without a bound the compiler's
-// register count allows only 3 blocks of 256 per multiprocessor forward (80 registers)
-// and 1 backward (148): 37.5% and 12.5% occupancy, the loads of too few rows in flight
-// (Nsight Compute on an H100: 75% of issue slots with no eligible warp). Each row
-// functor's kMinBlocks32 asks for more blocks where the registers still fit without
-// spills (ptxas -v: float forward 64, backward 128 registers; double keeps its count).
-// On the H100, 8192 x 1000: softmax forward 48.9 -> 44.6 us, log-softmax backward
-// 55.7 -> 43.2 us.
+// One warp's rows: first, first + step, ... below rows. With f.prefetch<P>(), the loads
+// of each row are issued before the previous row is computed and stored, so the warp
+// always has a row's loads in flight; without, a row is loaded, computed and stored in
+// turn. A warp that took one row for the whole kernel loaded, reduced, then stored, with
+// no loads in flight while it computed (Nsight Compute, H100, softmax of 8192 x 1000:
+// no eligible warp in 75% of scheduler cycles). With the grid held to the blocks the
+// device holds at once (warp_kernel_blocks), each warp takes several rows: on an H200,
+// softmax of 8192 x 1000 went from 41.4 to 25.9 us (0.39 to 0.63 of the copy bandwidth).
+#pragma nv_exec_check_disable
+template <int P, typename F, typename G>
+__host__ __device__ __forceinline__ void warp_rows(const F& f, int64_t first, int64_t step, int64_t rows,
+                                                   const G& g) {
+  const int lane = static_cast<int>(g.rank());
+  using Regs = typename F::template Regs<P>;
+  if constexpr (F::template prefetch<P>()) {
+    if (first >= rows) return;
+    Regs cur, next;
+    f.template load<P>(first, lane, cur);
+    for (int64_t r = first;; r += step) {
+      const bool more = r + step < rows;
+      if (more) f.template load<P>(r + step, lane, next);
+      f.template finish<P>(r, cur, g);
+      if (!more) break;
+      cur = next;
+    }
+  } else {
+    for (int64_t r = first; r < rows; r += step) {
+      Regs cur;
+      f.template load<P>(r, lane, cur);
+      f.template finish<P>(r, cur, g);
+    }
+  }
+}
+
+// At P = 32 (rows of 513 to 1024: a classifier's 1000 classes) the compiler's register
+// count alone would leave one block of kThreads resident per multiprocessor (float
+// forward with its prefetched row 141 registers, backward 149). Each row functor's
+// kMinBlocks32 asks for 2 (at most 128 registers), which the float rows fit without
+// spills (ptxas -v: forward 118, backward 128; asking for 3 spills); double keeps its
+// count.
 template <int P, typename F>
 __global__ void __launch_bounds__(kThreads, P >= 32 ? F::kMinBlocks32 : 1) rows_warp_kernel(int64_t rows, F f) {
   const int64_t warps = blockDim.x >> 5;
-  const int lane = static_cast<int>(threadIdx.x & 31);
-  // r is the same for all lanes of a warp, so every lane takes part in the shuffles.
-  for (int64_t r = blockIdx.x * warps + (threadIdx.x >> 5); r < rows; r += gridDim.x * warps)
-    f.template regs<P>(r, lane);
+  // The row is the same for all lanes of a warp, so every lane takes part in the shuffles.
+  warp_rows<P>(f, blockIdx.x * warps + (threadIdx.x >> 5), gridDim.x * warps, rows,
+               WarpGroup{static_cast<int>(threadIdx.x & 31)});
 }
 
 template <typename F> __global__ void rows_block_kernel(int64_t rows, F f) {
@@ -291,14 +352,28 @@ template <typename F> void with_row_width(int64_t dim, F f) {
   else f(std::integral_constant<int, 32>{});
 }
 
-// Every row r of length dim: f.regs<P>(r, lane) with a warp per row when rows are short;
-// f(r, block group) with a block per row otherwise.
+// Blocks of kThreads for the warp kernel over `rows` rows: a warp a row, but no more
+// blocks than the device holds at once, so that each warp takes several rows and its
+// prefetch has a next row to load.
+template <typename Kernel> unsigned warp_kernel_blocks(Kernel kernel, int64_t rows) {
+  const unsigned want = cuda::grid_for(rows * 32, kThreads);
+  int device = 0, sms = 0, per_sm = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
+  const int64_t resident = static_cast<int64_t>(sms) * (per_sm > 0 ? per_sm : 1);
+  return resident < want ? static_cast<unsigned>(resident) : want;
+}
+
+// Every row r of length dim: warp_rows with a warp per row when rows are short; f(r,
+// block group) with a block per row otherwise.
 template <typename F> void for_each_row(int64_t rows, int64_t dim, const F& f) {
   if (rows <= 0) return;
   if (dim <= kWarpRowMax)
     with_row_width(dim, [&](auto width) {
       constexpr int P = decltype(width)::value;
-      rows_warp_kernel<P, F><<<cuda::grid_for(rows * 32, kThreads), kThreads, 0, cuda::stream()>>>(rows, f);
+      const unsigned blocks = warp_kernel_blocks(rows_warp_kernel<P, F>, rows);
+      rows_warp_kernel<P, F><<<blocks, kThreads, 0, cuda::stream()>>>(rows, f);
     });
   else
     rows_block_kernel<F><<<cuda::grid_for(rows, 1), kThreads, 0, cuda::stream()>>>(rows, f);
@@ -388,31 +463,34 @@ void cross_entropy_backward_cuda(const T* prob, const int64_t* target, const T* 
   });
 }
 
-template <typename T>
-void softmax_forward_cuda_on_host(const T* x, T* y, int64_t rows, int64_t dim, bool log) {
-  check_warp_rows("softmax_forward_cuda_on_host", dim);
-  for (int64_t r = 0; r < rows; ++r)
+// The warp kernel's rows on `warps` warps (one a row when 0), warp w taking rows w,
+// w + warps, ... as the kernel's grid-stride loop does; the warps one after another.
+template <typename F> void warp_rows_on_host(const char* what, const F& f, int64_t rows, int64_t dim, int64_t warps) {
+  check_warp_rows(what, dim);
+  if (warps < 0) throw std::invalid_argument(std::string(what) + ": negative warp count");
+  const int64_t step = warps == 0 ? rows : warps;
+  for (int64_t w = 0; w < step; ++w)
     with_row_width(dim, [&](auto width) {
       constexpr int P = decltype(width)::value;
-      on_host_warp([&](const HostWarp& g) { softmax_row_regs<P>(x + r * dim, y + r * dim, int(dim), log, g); });
+      on_host_warp([&](const HostWarp& g) { warp_rows<P>(f, w, step, rows, g); });
     });
 }
 
 template <typename T>
-void softmax_backward_cuda_on_host(const T* gy, const T* y, T* gx, int64_t rows, int64_t dim, bool log) {
-  check_warp_rows("softmax_backward_cuda_on_host", dim);
-  for (int64_t r = 0; r < rows; ++r)
-    with_row_width(dim, [&](auto width) {
-      constexpr int P = decltype(width)::value;
-      on_host_warp([&](const HostWarp& g) {
-        softmax_backward_row_regs<P>(gy + r * dim, y + r * dim, gx + r * dim, int(dim), log, g);
-      });
-    });
+void softmax_forward_cuda_on_host(const T* x, T* y, int64_t rows, int64_t dim, bool log, int64_t warps) {
+  warp_rows_on_host("softmax_forward_cuda_on_host", SoftmaxForwardRow<T>{x, y, dim, log}, rows, dim, warps);
+}
+
+template <typename T>
+void softmax_backward_cuda_on_host(const T* gy, const T* y, T* gx, int64_t rows, int64_t dim, bool log,
+                                   int64_t warps) {
+  warp_rows_on_host("softmax_backward_cuda_on_host", SoftmaxBackwardRow<T>{gy, y, gx, dim, log}, rows, dim, warps);
 }
 
 #define INSTANTIATE(T)                                                                           \
-  template void softmax_forward_cuda_on_host<T>(const T*, T*, int64_t, int64_t, bool);            \
-  template void softmax_backward_cuda_on_host<T>(const T*, const T*, T*, int64_t, int64_t, bool); \
+  template void softmax_forward_cuda_on_host<T>(const T*, T*, int64_t, int64_t, bool, int64_t);   \
+  template void softmax_backward_cuda_on_host<T>(const T*, const T*, T*, int64_t, int64_t, bool,   \
+                                                 int64_t);                                         \
   template void softmax_forward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t, bool);          \
   template void softmax_backward_cuda<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, bool); \
   template void cross_entropy_forward_cuda<T>(const T*, const int64_t*, T*, T*, int64_t, int64_t); \
