@@ -8,9 +8,9 @@
 //                        over the windows that contain the element.
 // Memory-bound. Forward: one thread per output element, but for a global average pool
 // (a warp per plane, summing in another order than the CPU's) and windows of one element
-// (a copy as the sum 0 + x). Backward: a thread per input element (or per two of a
-// column) gathers from the few windows that can contain it, in the CPU's order of
-// accumulation (oh, then ow ascending), so there are no atomics, results are
+// (a copy as the sum 0 + x). Backward: a thread per input element (or per four, two
+// row pairs of a column) gathers from the few windows that can contain it, in the CPU's
+// order of accumulation (oh, then ow ascending), so there are no atomics, results are
 // deterministic and agree with the CPU's scatter bit for bit.
 #include <algorithm>
 #include <limits>
@@ -53,8 +53,9 @@ __host__ __device__ __forceinline__ WindowRange windows_containing(int64_t i, in
 // a narrow plane (AlexNet's pooled planes are 27, 13 and 6 wide). With a 3x3 window at
 // stride 2 (every pooling layer of AlexNet and SqueezeNet) they take a special form. The
 // forward loops have a fixed trip count and every load is issued before the first
-// comparison, so the latencies overlap instead of adding up. The backward takes two
-// inputs of a column a thread, which the same four windows cover (max_pool_backward_pair_at).
+// comparison, so the latencies overlap instead of adding up. The backward takes a strip
+// of input rows of one column a thread, whose windows neighbouring rows share
+// (max_pool_backward_strip_at).
 // Otherwise they use the shape's own window and stride. The flat ones, a thread per
 // element with int64_t indices, take anything larger. The per-thread code of both kinds,
 // and the packed kernels' index arithmetic, also run on the host, thread by thread
@@ -163,55 +164,66 @@ __host__ __device__ __forceinline__ void max_pool_backward_at(const T* gy, const
   gx[(pl * g.H + ih) * g.W + iw] = acc;
 }
 
-// A 3x3 window at stride 2 (every pooling layer of AlexNet and SqueezeNet): the two
-// inputs (2q - ph + dr, iw), dr in {0, 1}, of plane pl, from the four windows (q - 1 or
-// q, k - 1 or k), k = (iw + pw) / 2. Input row 2q - ph lies in windows q - 1 and q, row
-// 2q - ph + 1 in window q alone, and column iw in windows k - 1 and k when iw + pw is
-// even, else in k alone; so those four windows hold every window of the two inputs, and
-// their argmax and gradient are loaded once for both. Each input sums the gradients of
-// the windows whose argmax it is, in ascending (oh, ow) order, the CPU's; a window that
-// does not contain the input cannot have it as its argmax, so testing all four changes
-// nothing. Neighbouring threads take neighbouring columns, so a warp's two stores are
-// contiguous rows of 32 floats (a 2x2 block a thread left every other float of a store's
-// sectors to the next store: Nsight Compute counted 47% of pool1's sectors as excess;
-// pool1's backward at batch 64 on an H100 went from 48.9 to 41.1 us).
+// A 3x3 window at stride 2 (every pooling layer of AlexNet and SqueezeNet): pair q of
+// input rows, 2q - ph and 2q - ph + 1, lies in window rows q - 1 and q (the first row in
+// both, the second in q alone), and column iw in windows k - 1 and k, k = (iw + pw) / 2
+// (in both when iw + pw is even, else in k alone); so those four windows hold every window
+// of the pair's two inputs. A thread takes a strip of kStripPairs pairs of one column,
+// pairs q0 .. q0 + kStripPairs - 1, q0 = strip * kStripPairs: their windows are rows
+// q0 - 1 .. q0 + kStripPairs - 1, each shared by two neighbouring pairs, and the thread
+// loads their argmax and gradient once, all before the first comparison. Each input sums
+// the gradients of the windows whose argmax it is, in ascending (oh, ow) order, the CPU's;
+// a window that does not contain the input cannot have it as its argmax, so testing all
+// four changes nothing. Neighbouring threads take neighbouring columns, so each of a
+// warp's stores is a contiguous row of 32 floats (a 2x2 block a thread left every other
+// float of a store's sectors to the next store: Nsight Compute counted 47% of pool1's
+// sectors as excess; a pair a thread took pool1's backward at batch 64 on an H100 from
+// 48.9 to 41.1 us). Strips of two pairs load 3 window rows for 4 inputs where single
+// pairs loaded 4 for 2: on an H200 at batch 64, pool1 39.1-40.3 -> 32.8-33.0 us, pool2
+// 31.0-31.6 -> 26.8-26.9 us, pool3 14.0-15.1 -> 13.7-13.8 us; strips of four were no
+// faster (33.0-33.9, 27.2-27.8, 13.8-14.0 us).
+constexpr int kStripPairs = 2;
+
 template <typename T>
-__host__ __device__ __forceinline__ void max_pool_backward_pair_at(const T* gy, const int64_t* argmax, T* gx, int pl,
-                                                                   int q, int iw, const PoolGeom& g) {
+__host__ __device__ __forceinline__ void max_pool_backward_strip_at(const T* gy, const int64_t* argmax, T* gx, int pl,
+                                                                    int strip, int iw, const PoolGeom& g) {
   const int64_t* ap = argmax + pl * g.Ho * g.Wo;
   const T* gp = gy + pl * g.Ho * g.Wo;
-  const int k = (iw + g.pw) >> 1;
-  int am[2][2];  // an argmax is a flat index within a plane, which fits in int here
-  T gv[2][2];
+  const int k = (iw + g.pw) >> 1, q0 = strip * kStripPairs;
+  int am[kStripPairs + 1][2];  // an argmax is a flat index within a plane, which fits in int here
+  T gv[kStripPairs + 1][2];
 #pragma unroll
-  for (int a = 0; a < 2; ++a)
+  for (int a = 0; a <= kStripPairs; ++a)
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
-      const int oh = q - 1 + a, ow = k - 1 + b;
+      const int oh = q0 - 1 + a, ow = k - 1 + b;
       const bool in = oh >= 0 && oh < g.Ho && ow >= 0 && ow < g.Wo;
       am[a][b] = in ? static_cast<int>(ap[oh * g.Wo + ow]) : -1;
       gv[a][b] = in ? gp[oh * g.Wo + ow] : T(0);
     }
-  const int r0 = 2 * q - g.ph;
   T* gxp = gx + pl * g.H * g.W;
 #pragma unroll
-  for (int dr = 0; dr < 2; ++dr) {
-    const int ih = r0 + dr;
-    if (ih < 0 || ih >= g.H) continue;
-    const int here = ih * g.W + iw;
-    T acc = T(0);
+  for (int j = 0; j < kStripPairs; ++j)  // pair q0 + j: window rows j and j + 1 of the strip's
 #pragma unroll
-    for (int a = 0; a < 2; ++a)
+    for (int dr = 0; dr < 2; ++dr) {
+      const int ih = 2 * (q0 + j) - g.ph + dr;
+      if (ih < 0 || ih >= g.H) continue;
+      const int here = ih * g.W + iw;
+      T acc = T(0);
 #pragma unroll
-      for (int b = 0; b < 2; ++b)
-        if (am[a][b] == here) acc += gv[a][b];
-    gxp[here] = acc;
-  }
+      for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int b = 0; b < 2; ++b)
+          if (am[j + a][b] == here) acc += gv[j + a][b];
+      gxp[here] = acc;
+    }
 }
 
-// The row pairs of max_pool_backward_pair_at along a plane of n rows, padding pad: pair
-// q covers rows 2q - pad and 2q - pad + 1.
-__host__ __device__ __forceinline__ int row_pairs(int n, int pad) { return (n + pad + 1) / 2; }
+// The strips of max_pool_backward_strip_at along a plane of n rows, padding pad: pair q
+// covers rows 2q - pad and 2q - pad + 1, and the (n + pad + 1) / 2 pairs cover them all.
+__host__ __device__ __forceinline__ int row_strips(int n, int pad) {
+  return ((n + pad + 1) / 2 + kStripPairs - 1) / kStripPairs;
+}
 
 // Element k of all planes of rows x cols each: its plane, row and column.
 struct PackedIndex {
@@ -235,15 +247,15 @@ __global__ void max_pool2d_forward_packed(const T* x, T* y, int64_t* argmax, uns
   }
 }
 
-// Backward: a thread per input (Pairs false) or per two inputs of a column (Pairs true,
-// a 3x3 window at stride 2).
-template <typename T, bool Pairs>
+// Backward: a thread per input (Strips false) or per strip of a column (Strips true, a
+// 3x3 window at stride 2).
+template <typename T, bool Strips>
 __global__ void max_pool2d_backward_packed(const T* gy, const int64_t* argmax, T* gx, unsigned total, PackedIndex ix,
                                            PoolGeom g) {
   for (unsigned k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += blockDim.x * gridDim.x) {
     int pl, r, c;
     ix.split(k, pl, r, c);
-    if constexpr (Pairs) max_pool_backward_pair_at<T>(gy, argmax, gx, pl, r, c, g);
+    if constexpr (Strips) max_pool_backward_strip_at<T>(gy, argmax, gx, pl, r, c, g);
     else max_pool_backward_at<T>(gy, argmax, gx, pl, r, c, g);
   }
 }
@@ -334,8 +346,8 @@ struct PlaneThreads {
   int64_t rows, cols;
 };
 PlaneThreads forward_threads(const Pool2dShape& s) { return {s.Ho, s.Wo}; }  // an output each
-PlaneThreads backward_threads(const Pool2dShape& s) {  // an input each, or two of a column
-  if (window3_stride2(s)) return {row_pairs(int(s.H), int(s.ph)), s.W};
+PlaneThreads backward_threads(const Pool2dShape& s) {  // an input each, or a strip of a column
+  if (window3_stride2(s)) return {row_strips(int(s.H), int(s.ph)), s.W};
   return {s.H, s.W};
 }
 
@@ -415,7 +427,7 @@ void max_pool2d_backward_cuda_on_host(const T* gy, const int64_t* argmax, T* gx,
       s, "max_pool2d_backward_cuda_on_host", backward_threads(s), s.N * s.C * s.H * s.W, flat,
       [&](int64_t k) { max_pool_backward_flat_at(gy, argmax, gx, s, k); },
       [&](int pl, int r, int c, bool k3s2) {
-        if (k3s2) max_pool_backward_pair_at<T>(gy, argmax, gx, pl, r, c, g);
+        if (k3s2) max_pool_backward_strip_at<T>(gy, argmax, gx, pl, r, c, g);
         else max_pool_backward_at<T>(gy, argmax, gx, pl, r, c, g);
       });
 }
