@@ -12,8 +12,9 @@
 // between passes (lane l holds elements l, l + 32, ..., loaded all at once), so each
 // element is read from memory once and written once; the grid holds no more warps than
 // the device runs at once, and each warp loads its next row while it computes the
-// current one (warp_rows). Longer rows get a block each and reread the row from cache. Reductions are warp shuffles. inner > 1: one thread per (o, i) column,
-// strided by inner, which keeps neighbouring threads on neighbouring addresses.
+// current one (warp_rows). Longer rows get a block each and reread the row from cache.
+// Reductions are warp shuffles. inner > 1: one thread per (o, i) column, strided by
+// inner, which keeps neighbouring threads on neighbouring addresses.
 // Deterministic: no atomics, the batch mean of cross-entropy is a fixed-order block
 // reduction of per-row losses.
 #include <limits>
