@@ -65,6 +65,14 @@ template <> ENGINE_HD double philox_uniform<double>(uint64_t seed, uint64_t coun
   return static_cast<double>(bits & ((uint64_t(1) << 53) - 1)) * (1.0 / 9007199254740992.0);
 }
 
+// Inverted dropout: a kept element's multiplier, 1 / (1 - p) (0 for p = 1, when nothing
+// is kept), and element `counter` of the mask: that multiplier where the element's
+// uniform draw is at least p, else 0.
+template <typename T> ENGINE_HD T dropout_scale(T p) { return p < T(1) ? T(1) / (T(1) - p) : T(0); }
+template <typename T> ENGINE_HD T dropout_keep(T p, T scale, uint64_t seed, uint64_t counter) {
+  return philox_uniform<T>(seed, counter) >= p ? scale : T(0);
+}
+
 // Standard normal by Box-Muller on two independent uniforms of the same counter.
 template <typename T> ENGINE_HD T philox_normal(uint64_t seed, uint64_t counter) {
   const Philox4 r = philox4x32_10(seed, counter);

@@ -148,7 +148,7 @@ void normal_cpu(T* y, T mean, T std, uint64_t seed, uint64_t offset, int64_t n) 
 template <typename T>
 void dropout_forward_cpu(const T* x, T* mask, T* y, T p, uint64_t seed, uint64_t offset,
                          int64_t n) {
-  const T scale = p < T(1) ? T(1) / (T(1) - p) : T(0);
+  const T scale = dropout_scale(p);
 #if defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>) {
     const __m256 pv = _mm256_set1_ps(p), sv = _mm256_set1_ps(scale);
@@ -169,7 +169,7 @@ void dropout_forward_cpu(const T* x, T* mask, T* y, T p, uint64_t seed, uint64_t
 #endif
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
-    const T keep = philox_uniform<T>(seed, offset + static_cast<uint64_t>(i)) >= p ? scale : T(0);
+    const T keep = dropout_keep(p, scale, seed, offset + static_cast<uint64_t>(i));
     mask[i] = keep;
     y[i] = x[i] * keep;
   }

@@ -120,10 +120,8 @@ template <typename T, typename Op> void map2(const T* a, const T* b, T* y, int64
 // copy bandwidth); what remains is the draws themselves.
 ENGINE_HD void dropout_float4_thread(const float* x, float* mask, float* y, float p, uint64_t seed, uint64_t offset,
                                      int64_t n, int64_t first, int64_t stride) {
-  const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-  auto keep = [&](int64_t i) {
-    return philox_uniform<float>(seed, offset + static_cast<uint64_t>(i)) >= p ? scale : 0.0f;
-  };
+  const float scale = dropout_scale(p);
+  auto keep = [&](int64_t i) { return dropout_keep(p, scale, seed, offset + static_cast<uint64_t>(i)); };
   const float4* x4 = reinterpret_cast<const float4*>(x);
   float4* m4 = reinterpret_cast<float4*>(mask);
   float4* y4 = reinterpret_cast<float4*>(y);
@@ -219,9 +217,9 @@ void dropout_forward_cuda(const T* x, T* mask, T* y, T p, uint64_t seed, uint64_
       return;
     }
   }
-  const T scale = p < T(1) ? T(1) / (T(1) - p) : T(0);
+  const T scale = dropout_scale(p);
   parallel_for(n, [=] __device__(int64_t i) {
-    const T keep = philox_uniform<T>(seed, offset + static_cast<uint64_t>(i)) >= p ? scale : T(0);
+    const T keep = dropout_keep(p, scale, seed, offset + static_cast<uint64_t>(i));
     mask[i] = keep;
     y[i] = x[i] * keep;
   });
