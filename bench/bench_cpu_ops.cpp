@@ -27,9 +27,9 @@
 //   MaxPoolTrain/<layer>/forward|backward (with the argmax, batch 64), Axpby (y = a x + b z),
 //   SumAll, LogSoftmax/forward|backward (rows of 1000), Sgd (a momentum step over
 //   AlexNet's 61.1 M parameters), ReluBackward, Mul (dropout's backward), Dropout (its
-//   forward: a Philox draw per element), RandomFill/uniform|normal (weight initialisation), Cat|Split
-//   (SqueezeNet's Fire concatenation), AdaptiveAvgPool (SqueezeNet's global pool and
-//   AlexNet's 6 x 6): memory-bound, GB/s and share of the memcpy bandwidth.
+//   forward: a Philox block per four elements), RandomFill/uniform|normal (weight
+//   initialisation), Cat|Split (SqueezeNet's Fire concatenation), AdaptiveAvgPool
+//   (SqueezeNet's global pool and AlexNet's 6 x 6): memory-bound, GB/s and share of the memcpy bandwidth.
 //
 //   build/bin/bench_cpu_ops --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 //   (--benchmark_filter=Conv/conv2 and the like for a part)
@@ -527,9 +527,9 @@ void BM_Binary(benchmark::State& state, bool relu_backward) {
   set_bytes(state, 12.0 * static_cast<double>(n), sec);
 }
 
-// Dropout's forward with p = 0.5: a Philox draw per element, x read, the mask and y
-// written (12 bytes an element). AlexNet drops fc6's and fc7's inputs: [N, 9216] and
-// [N, 4096].
+// Dropout's forward with p = 0.5: a Philox block per four elements, x read, the mask
+// and y written (12 bytes an element). AlexNet drops fc6's and fc7's inputs: [N, 9216]
+// and [N, 4096].
 void BM_Dropout(benchmark::State& state) {
   const int64_t n = state.range(0);
   Generator g(11);

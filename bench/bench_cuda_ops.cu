@@ -508,9 +508,9 @@ void bm_adaptive_avg_pool(benchmark::State& state, int64_t C, int64_t H, int64_t
   });
 }
 
-// Dropout's forward (p = 0.5) on n elements: ours draws Philox per element and writes the
-// mask and y (12 bytes an element counted); cuDNN's keeps its generator's state on the
-// device and writes y and a reserve space of its own. Compared by time.
+// Dropout's forward (p = 0.5) on n elements: ours draws a Philox block per four elements
+// and writes the mask and y (12 bytes an element counted); cuDNN's keeps its generator's
+// state on the device and writes y and a reserve space of its own. Compared by time.
 void bm_dropout(benchmark::State& state, int64_t n, bool ours) {
   guarded(state, [&] {
     DeviceArray<float> x(static_cast<std::size_t>(n)), mask(static_cast<std::size_t>(n)), y(static_cast<std::size_t>(n));
@@ -712,13 +712,15 @@ void register_all() {
     pair("max_pool2d_fwd_no_argmax" + shape,
          [p](benchmark::State& st, bool ours) { bm_max_pool(st, p, false, ours, false); });
   }
-  for (int64_t rows : {128, 8192})
+  // 65536 rows (262 MB each way): past the L2, the size of the copy ceiling's.
+  for (int64_t rows : {128, 8192, 65536})
     pair("softmax_fwd/" + std::to_string(rows) + "x1000",
          [rows](benchmark::State& st, bool ours) { bm_softmax(st, rows, ours); });
   pair("relu_bwd/64x64x55x55", bm_relu_backward);
-  for (bool backward : {false, true})
-    pair(std::string(backward ? "log_softmax_bwd" : "log_softmax_fwd") + "/8192x1000",
-         [backward](benchmark::State& st, bool ours) { bm_log_softmax(st, 8192, backward, ours); });
+  for (int64_t rows : {8192, 65536})
+    for (bool backward : {false, true})
+      pair(std::string(backward ? "log_softmax_bwd" : "log_softmax_fwd") + "/" + std::to_string(rows) + "x1000",
+           [rows, backward](benchmark::State& st, bool ours) { bm_log_softmax(st, rows, backward, ours); });
 
   for (const auto& [C, H, Ho] : {std::tuple<int64_t, int64_t, int64_t>{1000, 13, 1}, {256, 6, 6}})
     for (bool backward : {false, true}) {

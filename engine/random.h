@@ -1,7 +1,9 @@
 // Seeded random streams. A Generator is a (seed, offset) pair over the counter-based
-// Philox4x32-10 stream: drawing n numbers uses counters [offset, offset + n) and moves
-// the offset on, so draws are reproducible, identical on CPU and CUDA, and a
-// generator's state can be saved and restored exactly (for resuming training).
+// Philox4x32-10 stream: a draw reserves counters [offset, offset + n) and moves the
+// offset on (n numbers for the uniform and normal fills; dropout takes every word of a
+// counter's block, so a counter serves 4 float or 2 double elements), so draws are
+// reproducible, identical on CPU and CUDA, and a generator's state can be saved and
+// restored exactly (for resuming training).
 #pragma once
 
 #include <atomic>

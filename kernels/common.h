@@ -54,23 +54,64 @@ ENGINE_HD Philox4 philox4x32_10(uint64_t seed, uint64_t counter) {
   return r;
 }
 
-// Uniform in [0, 1): 24 random bits for float, 53 for double.
-template <typename T> ENGINE_HD T philox_uniform(uint64_t seed, uint64_t counter);
-template <> ENGINE_HD float philox_uniform<float>(uint64_t seed, uint64_t counter) {
-  return static_cast<float>(philox4x32_10(seed, counter).v[0] >> 8) * (1.0f / 16777216.0f);
-}
-template <> ENGINE_HD double philox_uniform<double>(uint64_t seed, uint64_t counter) {
-  const Philox4 r = philox4x32_10(seed, counter);
-  const uint64_t bits = (static_cast<uint64_t>(r.v[0]) << 21) ^ (r.v[1] >> 11);
+// Uniform in [0, 1) from Philox words: 24 bits of one word for float, 53 bits of two
+// for double.
+ENGINE_HD float uniform_from_word(uint32_t w) { return static_cast<float>(w >> 8) * (1.0f / 16777216.0f); }
+ENGINE_HD double uniform_from_words(uint32_t a, uint32_t b) {
+  const uint64_t bits = (static_cast<uint64_t>(a) << 21) ^ (b >> 11);
   return static_cast<double>(bits & ((uint64_t(1) << 53) - 1)) * (1.0 / 9007199254740992.0);
 }
 
-// Inverted dropout: a kept element's multiplier, 1 / (1 - p) (0 for p = 1, when nothing
-// is kept), and element `counter` of the mask: that multiplier where the element's
-// uniform draw is at least p, else 0.
+// The uniform of one counter (its first words): one draw a counter, as the uniform fill
+// and the data augmentation use them.
+template <typename T> ENGINE_HD T philox_uniform(uint64_t seed, uint64_t counter);
+template <> ENGINE_HD float philox_uniform<float>(uint64_t seed, uint64_t counter) {
+  return uniform_from_word(philox4x32_10(seed, counter).v[0]);
+}
+template <> ENGINE_HD double philox_uniform<double>(uint64_t seed, uint64_t counter) {
+  const Philox4 r = philox4x32_10(seed, counter);
+  return uniform_from_words(r.v[0], r.v[1]);
+}
+
+// ---- inverted dropout --------------------------------------------------------------
+// A kept element's multiplier is 1 / (1 - p) (0 for p = 1, when nothing is kept), a
+// dropped one's 0. The draws use every word of a Philox block: the elements go in groups
+// of dropout_group<T>() (4 for float, a word each; 2 for double, two words each), and
+// group g of a call whose first counter is `offset` is counter offset + g. Element i
+// is kept where its uniform is at least p: word i % 4 of counter offset + i / 4 (float),
+// words 2 (i % 2) and 2 (i % 2) + 1 of counter offset + i / 2 (double). A call over n
+// elements uses dropout_counters<T>(n) counters, a quarter (half) of one a draw.
+template <typename T> ENGINE_HD constexpr int dropout_group() { return sizeof(T) == sizeof(float) ? 4 : 2; }
+template <typename T> ENGINE_HD uint64_t dropout_counters(int64_t n) {
+  return static_cast<uint64_t>((n + dropout_group<T>() - 1) / dropout_group<T>());
+}
 template <typename T> ENGINE_HD T dropout_scale(T p) { return p < T(1) ? T(1) / (T(1) - p) : T(0); }
-template <typename T> ENGINE_HD T dropout_keep(T p, T scale, uint64_t seed, uint64_t counter) {
-  return philox_uniform<T>(seed, counter) >= p ? scale : T(0);
+
+// The multipliers of one group's elements, from its counter.
+ENGINE_HD void dropout_keep_group(float p, float scale, uint64_t seed, uint64_t counter, float keep[4]) {
+  const Philox4 r = philox4x32_10(seed, counter);
+  for (int k = 0; k < 4; ++k) keep[k] = uniform_from_word(r.v[k]) >= p ? scale : 0.0f;
+}
+ENGINE_HD void dropout_keep_group(double p, double scale, uint64_t seed, uint64_t counter, double keep[2]) {
+  const Philox4 r = philox4x32_10(seed, counter);
+  keep[0] = uniform_from_words(r.v[0], r.v[1]) >= p ? scale : 0.0;
+  keep[1] = uniform_from_words(r.v[2], r.v[3]) >= p ? scale : 0.0;
+}
+
+// Group g of a dropout call over n elements: its mask and output elements (those below n).
+template <typename T>
+ENGINE_HD void dropout_apply_group(const T* x, T* mask, T* y, T p, T scale, uint64_t seed, uint64_t offset, int64_t n,
+                                   int64_t g) {
+  constexpr int kGroup = dropout_group<T>();
+  T keep[kGroup];
+  dropout_keep_group(p, scale, seed, offset + static_cast<uint64_t>(g), keep);
+  for (int k = 0; k < kGroup; ++k) {
+    const int64_t i = g * kGroup + k;
+    if (i < n) {
+      mask[i] = keep[k];
+      y[i] = x[i] * keep[k];
+    }
+  }
 }
 
 // Standard normal by Box-Muller on two independent uniforms of the same counter.

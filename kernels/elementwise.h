@@ -19,7 +19,9 @@ template <typename From, typename To> void convert_cpu(const From* x, To* y, int
 // y[i] = uniform in [lo, hi) / normal(mean, std), from Philox(seed, offset + i).
 template <typename T> void uniform_cpu(T* y, T lo, T hi, uint64_t seed, uint64_t offset, int64_t n);
 template <typename T> void normal_cpu(T* y, T mean, T std, uint64_t seed, uint64_t offset, int64_t n);
-// Inverted dropout: mask[i] = (u_i >= p) / (1 - p); y = x * mask.
+// Inverted dropout: mask[i] = (u_i >= p) / (1 - p); y = x * mask. The uniforms u_i take
+// every word of the Philox blocks of counters [offset, offset + dropout_counters<T>(n))
+// (kernels/common.h: four floats or two doubles a counter).
 template <typename T>
 void dropout_forward_cpu(const T* x, T* mask, T* y, T p, uint64_t seed, uint64_t offset, int64_t n);
 

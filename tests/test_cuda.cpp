@@ -905,9 +905,9 @@ TEST(CudaKernelsOnHost, ElementwiseFloat4CodeMatchesCpu) {
 }
 
 // Dropout's float4 kernel code on the host against the CPU's dropout, bit for bit: the
-// same Philox draw per element (counter offset + i), so the same mask and output. Sizes
-// cover every remainder mod 4 and cut-short trips; grids the launch's own and of 1 and 3
-// blocks; p of 0.3 and 0 (nothing dropped) and 1 (everything).
+// same Philox block per four elements (counter offset + i / 4), so the same mask and
+// output. Sizes cover every remainder mod 4 and cut-short trips; grids the launch's own
+// and of 1 and 3 blocks; p of 0.3 and 0 (nothing dropped) and 1 (everything).
 TEST(CudaKernelsOnHost, DropoutFloat4CodeMatchesCpu) {
 #if !ENGINE_HAVE_CUDA
   GTEST_SKIP() << "built without CUDA: no kernel code to run";

@@ -4,7 +4,7 @@
 // Shapes are small, odd and non-square; batch 1 and more than 1. Piecewise-linear ops
 // (relu, max_pool2d) get inputs far from their kinks and ties (testing_util::distinct).
 // Beside dropout's checks: the float dropout and uniform kernels, which draw 8 Philox
-// counters at a time, against the per-element formula, bit for bit.
+// counters at a time, against the formulas they implement, bit for bit.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -382,29 +382,69 @@ TEST(Dropout, GradcheckEvalIsIdentityF64) {
   EXPECT_ALL_CLOSE(dropout(x.detach(), 0.5, false), x.detach(), 0, 0);
 }
 
-// The float kernel draws 8 counters at a time; every element must still be its own
-// Philox draw, as the scalar formula (and the CUDA kernel) computes it: lengths that are
-// no multiple of 8, a group whose counters' low word wraps, a high word above zero.
-TEST(Dropout, Float32KernelIsOnePhiloxDrawPerElement) {
+// Dropout's stream, written out here: element i of a call from counter `offset` is kept
+// where word i % 4 of Philox(seed, offset + i / 4), its top 24 bits over 2^24, is at
+// least p (float), or words 2 (i % 2) and 2 (i % 2) + 1 of Philox(seed, offset + i / 2),
+// 53 bits (double). The float kernel's vector path draws 8 counters (32 elements) at a
+// time and reorders the words; it must give these bits: lengths that are no multiple of
+// 4 or 32, a block of 8 whose counters' low word wraps, a high word above zero.
+TEST(Dropout, KernelsUseEveryWordOfAPhiloxBlock) {
   const uint64_t seed = 0x0123456789ABCDEFull;
-  for (const uint64_t offset : {uint64_t{0}, uint64_t{12345}, (uint64_t{1} << 32) - 13, (uint64_t{5} << 32) - 3})
-    for (const int64_t n : {int64_t{1}, int64_t{7}, int64_t{8}, int64_t{1003}, int64_t{70001}}) {
-      const std::vector<double> xd = randn({n}, 602).to_vector<double>();
-      std::vector<float> x(xd.begin(), xd.end()), mask(static_cast<size_t>(n)), y(static_cast<size_t>(n));
-      const float p = 0.3f, scale = 1.0f / (1.0f - p);
-      kernels::dropout_forward_cpu<float>(x.data(), mask.data(), y.data(), p, seed, offset, n);
-      int64_t wrong = 0, kept = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const size_t k = static_cast<size_t>(i);
-        const float keep = kernels::philox_uniform<float>(seed, offset + static_cast<uint64_t>(i)) >= p ? scale : 0.0f;
-        if (std::memcmp(&mask[k], &keep, sizeof(float)) != 0 || y[k] != x[k] * keep) ++wrong;
-        kept += keep != 0.0f;
+  auto check = [&](auto tag, int group) {
+    using T = decltype(tag);
+    const T p = T(0.3), scale = T(1) / (T(1) - p);
+    for (const uint64_t offset : {uint64_t{0}, uint64_t{12345}, (uint64_t{1} << 32) - 13, (uint64_t{5} << 32) - 3})
+      for (const int64_t n : {int64_t{1}, int64_t{7}, int64_t{8}, int64_t{33}, int64_t{1003}, int64_t{70001}}) {
+        const std::vector<double> xd = randn({n}, 602).to_vector<double>();
+        std::vector<T> x(xd.begin(), xd.end()), mask(static_cast<size_t>(n), T(-7)), y(static_cast<size_t>(n), T(-7));
+        kernels::dropout_forward_cpu<T>(x.data(), mask.data(), y.data(), p, seed, offset, n);
+        int64_t wrong = 0, kept = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          const size_t k = static_cast<size_t>(i);
+          const kernels::Philox4 r = kernels::philox4x32_10(seed, offset + static_cast<uint64_t>(i / group));
+          const int w = static_cast<int>(i % group);
+          T u;
+          if (group == 4) {
+            u = static_cast<T>(static_cast<double>(r.v[w] >> 8) / 16777216.0);
+          } else {
+            const uint64_t bits = ((static_cast<uint64_t>(r.v[2 * w]) << 21) ^ (r.v[2 * w + 1] >> 11)) &
+                                  ((uint64_t{1} << 53) - 1);
+            u = static_cast<T>(static_cast<double>(bits) / 9007199254740992.0);
+          }
+          const T keep = u >= p ? scale : T(0);
+          if (std::memcmp(&mask[k], &keep, sizeof(T)) != 0 || y[k] != x[k] * keep) ++wrong;
+          kept += keep != T(0);
+        }
+        EXPECT_EQ(wrong, 0) << "group " << group << ", offset " << offset << ", n " << n;
+        if (n > 1000) {
+          EXPECT_NEAR(static_cast<double>(kept) / static_cast<double>(n), 0.7, 0.05);
+        }
       }
-      EXPECT_EQ(wrong, 0) << "offset " << offset << ", n " << n;
-      if (n > 1000) {
-        EXPECT_NEAR(static_cast<double>(kept) / static_cast<double>(n), 0.7, 0.05);
-      }
-    }
+    EXPECT_EQ(kernels::dropout_counters<T>(1), 1u);
+    EXPECT_EQ(kernels::dropout_counters<T>(group), 1u);
+    EXPECT_EQ(kernels::dropout_counters<T>(group + 1), 2u);
+  };
+  check(float{}, 4);
+  check(double{}, 2);
+}
+
+// The dropout op reserves one counter per group: two calls on one generator continue
+// the stream exactly where one call over both would, and the generator moves on by the
+// counters used (4 floats or 2 doubles a counter, rounded up).
+TEST(Dropout, OpAdvancesTheGeneratorByItsCounters) {
+  for (DType dt : {DType::F32, DType::F64}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const uint64_t per = dt == DType::F32 ? 4 : 2;
+    const Tensor a = randn({8 * 13}, 603, dt), b = randn({8 * 11}, 604, dt);
+    Generator split(5), whole(5);
+    const Tensor ya = dropout(a, 0.4, true, &split), yb = dropout(b, 0.4, true, &split);
+    EXPECT_EQ(split.offset(), static_cast<uint64_t>(8 * 24) / per);
+    const Tensor y = dropout(cat({a, b}, 0), 0.4, true, &whole);
+    EXPECT_TRUE(testing_util::bit_identical(cat({ya, yb}, 0), y));
+    Generator odd(5);
+    (void)dropout(randn({7}, 605, dt), 0.4, true, &odd);
+    EXPECT_EQ(odd.offset(), (7 + per - 1) / per);
+  }
 }
 
 // Likewise the float uniform fill (weight initialisation): one Philox draw per element,

@@ -138,7 +138,7 @@ void write_curves_png(const std::string& path, const CurvesPlot& p) {
   const double x0 = p.x.front(), x1 = p.x.back();
   const std::string xrange = x1 > x0 ? "[" + number(x0) + ":" + number(x1) + "]" : "[" + number(x0 - 0.5) + ":" + number(x0 + 0.5) + "]";
   s << "set multiplot layout 1,2 title " << quoted(p.title) << " font \",13\"\n";
-  s << "set grid\nset key top right box opaque\nset xlabel " << quoted(p.x_label) << "\n";
+  s << "set grid\nset key below horizontal nobox samplen 2 width -2\nset bmargin 5.5\nset xlabel " << quoted(p.x_label) << "\n";
   s << "set xrange " << xrange << "\n";
   if (x1 - x0 <= 20) s << "set xtics 1\n";
   else s << "set xtics auto\n";
@@ -162,10 +162,10 @@ void write_curves_png(const std::string& path, const CurvesPlot& p) {
   };
   s << "set yrange [0:*]\n";
   panel("L", p.left, p.left_title, p.left_label);
-  s << "set yrange [" << number(p.right_min) << ":" << number(p.right_max) << "]\nset key bottom right box opaque\n";
+  s << "set yrange [" << number(p.right_min) << ":" << number(p.right_max) << "]\n";
   panel("R", p.right, p.right_title, p.right_label);
   s << "unset multiplot\n";
-  render(path, 1200, 520, s.str());
+  render(path, 1200, 540, s.str());
 }
 
 void write_confusion_png(const std::string& path, const std::string& title, const std::vector<std::string>& classes,

@@ -1,6 +1,7 @@
 // relu and dropout.
 #include "engine/ops/common.h"
 #include "engine/random.h"
+#include "kernels/common.h"
 #include "kernels/elementwise.h"
 
 namespace engine {
@@ -46,10 +47,11 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator* gen) {
   ENGINE_CHECK(p >= 0.0 && p <= 1.0, "dropout: probability must be in [0, 1], got ", p);
   if (!training || p == 0.0) return x;
   Generator& g = gen != nullptr ? *gen : default_generator();
-  const uint64_t offset = g.advance(static_cast<uint64_t>(x.numel()));
   Tensor y = empty_like(x), mask = empty_like(x);
   dispatch_dtype(x.dtype(), [&](auto tag) {
     using T = decltype(tag);
+    // One Philox counter for each group of kernels::dropout_group<T>() elements.
+    const uint64_t offset = g.advance(kernels::dropout_counters<T>(x.numel()));
     if (x.device().is_cpu())
       kernels::dropout_forward_cpu<T>(x.data<T>(), mask.data<T>(), y.data<T>(), T(p), g.seed(),
                                       offset, x.numel());

@@ -12,7 +12,7 @@ namespace {
 constexpr int64_t kParallelMin = 1 << 15;  // below this, threads cost more than they save
 
 #if defined(__AVX2__)
-// Philox4x32-10's first word for the 8 counters base, base + 1, ..., base + 7 (lane i:
+// Philox4x32-10's four words for the 8 counters base, base + 1, ..., base + 7 (lane i:
 // counter base + i), the same integer operations as philox4x32_10 in kernels/common.h,
 // lane by lane. The 32x32 -> 64-bit products come from two _mm256_mul_epu32, one on the
 // even lanes and one on the odd. The caller keeps the low words from wrapping within
@@ -36,7 +36,7 @@ inline void mulhilo32x8(__m256i a, __m256i m, __m256i* lo, __m256i* hi) {
   *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
 }
 
-inline __m256i philox_word0_x8(const PhiloxKeys8& keys, uint64_t base) {
+inline void philox_x8(const PhiloxKeys8& keys, uint64_t base, __m256i words[4]) {
   __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(base))),
                                 _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   __m256i c1 = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(base >> 32)));
@@ -52,7 +52,30 @@ inline __m256i philox_word0_x8(const PhiloxKeys8& keys, uint64_t base) {
     c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), keys.k1[r]);
     c3 = lo0;
   }
-  return c0;
+  words[0] = c0;
+  words[1] = c1;
+  words[2] = c2;
+  words[3] = c3;
+}
+
+inline __m256i philox_word0_x8(const PhiloxKeys8& keys, uint64_t base) {
+  __m256i words[4];
+  philox_x8(keys, base, words);
+  return words[0];
+}
+
+// The four words of 8 counters in counter order: out[j] holds counters 2j and 2j + 1,
+// words 0-3 of each (a 4 x 8 transpose of philox_x8's word vectors).
+inline void philox_x8_counter_major(const __m256i w[4], __m256i out[4]) {
+  const __m256i t0 = _mm256_unpacklo_epi32(w[0], w[1]), t1 = _mm256_unpackhi_epi32(w[0], w[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(w[2], w[3]), t3 = _mm256_unpackhi_epi32(w[2], w[3]);
+  // u0: counters 0 | 4, u1: 1 | 5, u2: 2 | 6, u3: 3 | 7 (a 128-bit half each).
+  const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+  const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+  out[0] = _mm256_permute2x128_si256(u0, u1, 0x20);
+  out[1] = _mm256_permute2x128_si256(u2, u3, 0x20);
+  out[2] = _mm256_permute2x128_si256(u0, u1, 0x31);
+  out[3] = _mm256_permute2x128_si256(u2, u3, 0x31);
 }
 
 // Float uniforms in [0, 1), 8 counters at a time: lane i of u is (word0 >> 8) * 2^-24 for
@@ -149,30 +172,38 @@ template <typename T>
 void dropout_forward_cpu(const T* x, T* mask, T* y, T p, uint64_t seed, uint64_t offset,
                          int64_t n) {
   const T scale = dropout_scale(p);
+  const int64_t groups = static_cast<int64_t>(dropout_counters<T>(n));
+  int64_t first_group = 0;  // the groups before it are done by the vector path
 #if defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>) {
-    const __m256 pv = _mm256_set1_ps(p), sv = _mm256_set1_ps(scale);
-    for_float_uniforms(
-        seed, offset, n,
-        [&](int64_t i, __m256 u) {
-          const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(u, pv, _CMP_GE_OQ), sv);
-          _mm256_storeu_ps(mask + i, keep);
-          _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), keep));
-        },
-        [&](int64_t i, float u) {
-          const float keep = u >= p ? scale : 0.0f;
-          mask[i] = keep;
-          y[i] = x[i] * keep;
-        });
-    return;
+    // 8 counters, 32 elements at a time; the last n % 32 (and any 8 whose counters' low
+    // word would wrap) group by group below.
+    const __m256 pv = _mm256_set1_ps(p), sv = _mm256_set1_ps(scale), unit = _mm256_set1_ps(1.0f / 16777216.0f);
+    const PhiloxKeys8 keys(seed);
+    const int64_t blocks = n / 32;
+#pragma omp parallel for if (n > kParallelMin)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint64_t base = offset + static_cast<uint64_t>(8 * b);
+      if (static_cast<uint32_t>(base) > 0xFFFFFFFFu - 7u) {
+        for (int64_t g = 8 * b; g < 8 * b + 8; ++g) dropout_apply_group(x, mask, y, p, scale, seed, offset, n, g);
+        continue;
+      }
+      __m256i words[4], ordered[4];
+      philox_x8(keys, base, words);
+      philox_x8_counter_major(words, ordered);
+      for (int j = 0; j < 4; ++j) {
+        const int64_t i = 32 * b + 8 * j;
+        const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(ordered[j], 8)), unit);
+        const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(u, pv, _CMP_GE_OQ), sv);
+        _mm256_storeu_ps(mask + i, keep);
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), keep));
+      }
+    }
+    first_group = 8 * blocks;
   }
 #endif
-#pragma omp parallel for if (n > kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
-    const T keep = dropout_keep(p, scale, seed, offset + static_cast<uint64_t>(i));
-    mask[i] = keep;
-    y[i] = x[i] * keep;
-  }
+#pragma omp parallel for if ((groups - first_group) * dropout_group<T>() > kParallelMin)
+  for (int64_t g = first_group; g < groups; ++g) dropout_apply_group(x, mask, y, p, scale, seed, offset, n, g);
 }
 
 #define INSTANTIATE(T)                                                                  \

@@ -112,31 +112,26 @@ template <typename T, typename Op> void map2(const T* a, const T* b, T* y, int64
     parallel_for(n, [=] __device__(int64_t i) { y[i] = op(a[i], b[i]); });
 }
 
-// Dropout's float form, thread `first` of `stride` threads: four elements a float4, the
-// kMapUnroll loads of a trip in flight before the first Philox draw (each element its own
-// draw, counter offset + i: the CPU's stream), then its share of the last n % 4 one at a
-// time. One element a thread, one load in flight, left the draws' latency exposed: on
-// an H200, 2^25 elements took 187 us that way, 138 us this way (0.53 -> 0.72 of the
-// copy bandwidth); what remains is the draws themselves.
+// Dropout's float form, thread `first` of `stride` threads: a group of four elements
+// (one Philox block, counter offset + g: the CPU's stream) a float4, the kMapUnroll
+// loads of a trip in flight before the first draw; thread 0 also takes the last n % 4.
+// A block's four words serve four elements, so the draws cost a quarter of what a draw
+// an element would.
 ENGINE_HD void dropout_float4_thread(const float* x, float* mask, float* y, float p, uint64_t seed, uint64_t offset,
                                      int64_t n, int64_t first, int64_t stride) {
   const float scale = dropout_scale(p);
-  auto keep = [&](int64_t i) { return dropout_keep(p, scale, seed, offset + static_cast<uint64_t>(i)); };
   const float4* x4 = reinterpret_cast<const float4*>(x);
   float4* m4 = reinterpret_cast<float4*>(mask);
   float4* y4 = reinterpret_cast<float4*>(y);
   cuda::strided_unrolled<kMapUnroll>(
-      first, stride, n >> 2, [&](int64_t i) { return x4[i]; },
-      [&](int64_t i, const float4& u) {
-        const float4 k = make_float4(keep(4 * i), keep(4 * i + 1), keep(4 * i + 2), keep(4 * i + 3));
-        m4[i] = k;
-        y4[i] = make_float4(u.x * k.x, u.y * k.y, u.z * k.z, u.w * k.w);
+      first, stride, n >> 2, [&](int64_t g) { return x4[g]; },
+      [&](int64_t g, const float4& u) {
+        float k[4];
+        dropout_keep_group(p, scale, seed, offset + static_cast<uint64_t>(g), k);
+        m4[g] = make_float4(k[0], k[1], k[2], k[3]);
+        y4[g] = make_float4(u.x * k[0], u.y * k[1], u.z * k[2], u.w * k[3]);
       });
-  for (int64_t i = ((n >> 2) << 2) + first; i < n; i += stride) {
-    const float k = keep(i);
-    mask[i] = k;
-    y[i] = x[i] * k;
-  }
+  if (first == 0 && (n & 3) != 0) dropout_apply_group(x, mask, y, p, scale, seed, offset, n, n >> 2);
 }
 
 __global__ void dropout_float4_kernel(const float* x, float* mask, float* y, float p, uint64_t seed, uint64_t offset,
@@ -218,10 +213,8 @@ void dropout_forward_cuda(const T* x, T* mask, T* y, T p, uint64_t seed, uint64_
     }
   }
   const T scale = dropout_scale(p);
-  parallel_for(n, [=] __device__(int64_t i) {
-    const T keep = dropout_keep(p, scale, seed, offset + static_cast<uint64_t>(i));
-    mask[i] = keep;
-    y[i] = x[i] * keep;
+  parallel_for(static_cast<int64_t>(dropout_counters<T>(n)), [=] __device__(int64_t g) {
+    dropout_apply_group(x, mask, y, p, scale, seed, offset, n, g);
   });
 }
 
