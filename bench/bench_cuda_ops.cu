@@ -351,9 +351,9 @@ void bm_relu(benchmark::State& state, bool ours) {
 // 6 x 6 (pool3). Ours also writes (forward, but for the no_argmax row) or reads
 // (backward) the int64 argmax; cuDNN's backward instead reads x and y to find the maxima
 // again.
-kernels::Pool2dShape alexnet_pool_shape(int64_t C, int64_t H) {
+kernels::Pool2dShape alexnet_pool_shape(int64_t C, int64_t H, int64_t N = 64) {
   kernels::Pool2dShape p{};
-  p.N = 64; p.C = C; p.H = H; p.W = H; p.kh = 3; p.kw = 3; p.sh = 2; p.sw = 2; p.ph = 0; p.pw = 0;
+  p.N = N; p.C = C; p.H = H; p.W = H; p.kh = 3; p.kw = 3; p.sh = 2; p.sw = 2; p.ph = 0; p.pw = 0;
   p.Ho = kernels::pooled_size(p.H, p.kh, p.sh, p.ph, 1, false);
   p.Wo = kernels::pooled_size(p.W, p.kw, p.sw, p.pw, 1, false);
   return p;
@@ -704,9 +704,13 @@ void register_all() {
       add(name + (ours ? "/ours" : "/cudnn"), [bm, ours](benchmark::State& st) { bm(st, ours); });
   };
   pair("relu/64x64x55x55", bm_relu);
-  for (const auto& [C, H] : {std::pair<int64_t, int64_t>{64, 55}, {192, 27}, {256, 13}}) {
-    const kernels::Pool2dShape p = alexnet_pool_shape(C, H);
-    const std::string shape = "/64x" + std::to_string(C) + "x" + std::to_string(H) + "x" + std::to_string(H) + "_k3s2";
+  // pool1 also at batch 256 (342 MB through our backward): past the L2, as the copy
+  // ceiling's 256 MiB.
+  for (const auto& [N, C, H] : {std::tuple<int64_t, int64_t, int64_t>{64, 64, 55}, {64, 192, 27}, {64, 256, 13},
+                                {256, 64, 55}}) {
+    const kernels::Pool2dShape p = alexnet_pool_shape(C, H, N);
+    const std::string shape = "/" + std::to_string(N) + "x" + std::to_string(C) + "x" + std::to_string(H) + "x" +
+                              std::to_string(H) + "_k3s2";
     pair("max_pool2d_fwd" + shape, [p](benchmark::State& st, bool ours) { bm_max_pool(st, p, false, ours); });
     pair("max_pool2d_bwd" + shape, [p](benchmark::State& st, bool ours) { bm_max_pool(st, p, true, ours); });
     pair("max_pool2d_fwd_no_argmax" + shape,
