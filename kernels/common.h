@@ -80,7 +80,7 @@ template <> ENGINE_HD double philox_uniform<double>(uint64_t seed, uint64_t coun
 // group g of a call whose first counter is `offset` is counter offset + g. Element i
 // is kept where its uniform is at least p: word i % 4 of counter offset + i / 4 (float),
 // words 2 (i % 2) and 2 (i % 2) + 1 of counter offset + i / 2 (double). A call over n
-// elements uses dropout_counters<T>(n) counters, a quarter (half) of one a draw.
+// elements uses dropout_counters<T>(n) = ceil(n / group) counters.
 template <typename T> ENGINE_HD constexpr int dropout_group() { return sizeof(T) == sizeof(float) ? 4 : 2; }
 template <typename T> ENGINE_HD uint64_t dropout_counters(int64_t n) {
   return static_cast<uint64_t>((n + dropout_group<T>() - 1) / dropout_group<T>());
