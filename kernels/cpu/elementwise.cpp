@@ -64,6 +64,11 @@ inline __m256i philox_word0_x8(const PhiloxKeys8& keys, uint64_t base) {
   return words[0];
 }
 
+// uniform_from_word (kernels/common.h) lane by lane: (w >> 8) * 2^-24, exact in float.
+inline __m256 uniform_from_words_x8(__m256i w) {
+  return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w, 8)), _mm256_set1_ps(1.0f / 16777216.0f));
+}
+
 // The four words of 8 counters in counter order: out[j] holds counters 2j and 2j + 1,
 // words 0-3 of each (a 4 x 8 transpose of philox_x8's word vectors).
 inline void philox_x8_counter_major(const __m256i w[4], __m256i out[4]) {
@@ -85,7 +90,6 @@ inline void philox_x8_counter_major(const __m256i w[4], __m256i out[4]) {
 template <typename Vec, typename One>
 void for_float_uniforms(uint64_t seed, uint64_t offset, int64_t n, Vec&& vec, One&& one) {
   const PhiloxKeys8 keys(seed);
-  const __m256 unit = _mm256_set1_ps(1.0f / 16777216.0f);
   const int64_t groups = n / 8;
 #pragma omp parallel for if (n > kParallelMin)
   for (int64_t g = 0; g < groups; ++g) {
@@ -95,8 +99,7 @@ void for_float_uniforms(uint64_t seed, uint64_t offset, int64_t n, Vec&& vec, On
       for (int64_t i = i0; i < i0 + 8; ++i) one(i, philox_uniform<float>(seed, offset + static_cast<uint64_t>(i)));
       continue;
     }
-    const __m256i w = _mm256_srli_epi32(philox_word0_x8(keys, base), 8);
-    vec(i0, _mm256_mul_ps(_mm256_cvtepi32_ps(w), unit));
+    vec(i0, uniform_from_words_x8(philox_word0_x8(keys, base)));
   }
   for (int64_t i = groups * 8; i < n; ++i) one(i, philox_uniform<float>(seed, offset + static_cast<uint64_t>(i)));
 }
@@ -178,7 +181,7 @@ void dropout_forward_cpu(const T* x, T* mask, T* y, T p, uint64_t seed, uint64_t
   if constexpr (std::is_same_v<T, float>) {
     // 8 counters, 32 elements at a time; the last n % 32 (and any 8 whose counters' low
     // word would wrap) group by group below.
-    const __m256 pv = _mm256_set1_ps(p), sv = _mm256_set1_ps(scale), unit = _mm256_set1_ps(1.0f / 16777216.0f);
+    const __m256 pv = _mm256_set1_ps(p), sv = _mm256_set1_ps(scale);
     const PhiloxKeys8 keys(seed);
     const int64_t blocks = n / 32;
 #pragma omp parallel for if (n > kParallelMin)
@@ -193,7 +196,7 @@ void dropout_forward_cpu(const T* x, T* mask, T* y, T p, uint64_t seed, uint64_t
       philox_x8_counter_major(words, ordered);
       for (int j = 0; j < 4; ++j) {
         const int64_t i = 32 * b + 8 * j;
-        const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(ordered[j], 8)), unit);
+        const __m256 u = uniform_from_words_x8(ordered[j]);
         const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(u, pv, _CMP_GE_OQ), sv);
         _mm256_storeu_ps(mask + i, keep);
         _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), keep));
