@@ -20,6 +20,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -465,6 +466,73 @@ TEST(CudaKernelsOnHost, WarpSoftmaxCodeMatchesCpu) {
                std::invalid_argument);
   EXPECT_THROW(kernels::softmax_forward_cuda_on_host<float>(row.data(), row.data(), 1, 8, false, -1),
                std::invalid_argument);
+#endif
+}
+
+// Float rows apply their row's double (1 / s, log s, a gradient's sum) in float, split
+// into two floats. Against each formula evaluated in double from the same expf values
+// and rounded to float once: every element within an ulp, and almost all equal. The
+// first row has logits of -inf (masked classes): log-probabilities of -inf.
+void expect_float_rows_match_double_formulas(int64_t dim, bool log, uint64_t seed) {
+  const int64_t rows = 7, n = rows * dim;
+  const Tensor rx = randn({n}, seed), rg = randn({n}, seed + 1);
+  std::vector<float> x(n), gy(n);
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = static_cast<float>(3.0 * rx.data<double>()[i]);
+    gy[i] = static_cast<float>(rg.data<double>()[i]);
+  }
+  for (int64_t d = 0; d < dim; d += 7) x[d] = -std::numeric_limits<float>::infinity();  // masked logits
+  std::vector<float> y(n), gx(n), y_ref(n), gx_ref(n);
+  kernels::softmax_forward_cuda_on_host<float>(x.data(), y.data(), rows, dim, log, 2);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x.data() + r * dim;
+    const float m = *std::max_element(xr, xr + dim);
+    double s = 0;
+    for (int64_t d = 0; d < dim; ++d) s += static_cast<double>(std::exp(xr[d] - m));
+    for (int64_t d = 0; d < dim; ++d)
+      y_ref[r * dim + d] = static_cast<float>(log ? static_cast<double>(xr[d] - m) - std::log(s)
+                                                  : static_cast<double>(std::exp(xr[d] - m)) / s);
+  }
+  kernels::softmax_backward_cuda_on_host<float>(gy.data(), y_ref.data(), gx.data(), rows, dim, log, 2);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *g = gy.data() + r * dim, *w = y_ref.data() + r * dim;
+    double s = 0;
+    for (int64_t d = 0; d < dim; ++d) s += log ? double(g[d]) : double(g[d]) * double(w[d]);
+    for (int64_t d = 0; d < dim; ++d)
+      gx_ref[r * dim + d] = static_cast<float>(log ? double(g[d]) - double(std::exp(w[d])) * s
+                                                   : double(w[d]) * (double(g[d]) - s));
+  }
+  auto ulps = [](float a, float b) {  // a and b of one sign here; 0 and -0 are 0 apart
+    if (a == b) return int64_t(0);
+    int32_t ia, ib;
+    std::memcpy(&ia, &a, 4);
+    std::memcpy(&ib, &b, 4);
+    return std::abs(int64_t(ia) - int64_t(ib));
+  };
+  for (const auto& [got, want, what] : {std::tuple(&y, &y_ref, "forward"), std::tuple(&gx, &gx_ref, "backward")}) {
+    int64_t worst = 0, differ = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t u = ulps((*got)[i], (*want)[i]);
+      worst = std::max(worst, u);
+      differ += u != 0;
+    }
+    EXPECT_LE(worst, 1) << what;
+    // A result differs only within a few parts in 2^48 of a rounding boundary.
+    EXPECT_LE(differ, n / 1000) << what << ": " << differ << " of " << n << " elements differ";
+  }
+}
+
+TEST(CudaKernelsOnHost, WarpSoftmaxFloatRowsWithinAnUlpOfDouble) {
+#if !ENGINE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA: no kernel code to run";
+#else
+  uint64_t seed = 90;
+  for (int64_t dim : {100, 513, 1000})
+    for (bool log : {false, true}) {
+      SCOPED_TRACE("dim " + std::to_string(dim) + (log ? " log_softmax" : " softmax"));
+      expect_float_rows_match_double_formulas(dim, log, seed);
+      seed += 2;
+    }
 #endif
 }
 

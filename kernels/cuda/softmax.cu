@@ -7,7 +7,9 @@
 //   cross_entropy: loss = mean_n (log s_n + m_n - z_n[t_n]); gz = g * (prob - onehot(t)) / N
 // Memory-bound.
 // The CPU's formulas: max-subtracted, sums in double, the exponential in the tensor's
-// type (expf for float, within 2 ulp like the CPU's float rows; exp for double).
+// type (expf for float, within 2 ulp like the CPU's float rows; exp for double). A float
+// row applies its sum to each element in float, the double split into two floats
+// (RowScalar): within about an ulp of the formula in double.
 // inner == 1: rows up to 1024 long get a warp each at a time and live in its registers
 // between passes (lane l holds elements l, l + 32, ..., loaded all at once), so each
 // element is read from memory once and written once; the grid holds no more warps than
@@ -79,6 +81,76 @@ struct BlockGroup {  // a whole 1-D block; smem holds 32 doubles (float and doub
 __host__ __device__ __forceinline__ double exp_wide(float v) { return static_cast<double>(expf(v)); }
 __host__ __device__ __forceinline__ double exp_wide(double v) { return exp(v); }
 
+// A double that a whole row shares (1 / s, log s, a gradient's sum d), applied to each
+// element in T. A float row carries it as two floats, hi = float(d) and lo = float(d -
+// hi), so that no element goes to double and back: on the GPU a conversion to or from
+// double runs at an eighth of the FP32 rate (16 a clock on a multiprocessor), and the
+// formulas in double took three an element forward, four or five backward. A product
+// e * (hi + lo) is one fused multiply-add; a difference a - hi (or a - e * hi) is split
+// into its float and its exact remainder (two_sum), which then takes lo. The results are
+// the double formula's rounded to float but where that formula's result lies within a
+// few parts in 2^48 of a rounding boundary
+// (CudaKernelsOnHost.WarpSoftmaxFloatRowsWithinAnUlpOfDouble). A double row uses d.
+template <typename T> struct RowScalar;
+
+// a + b = sum + err exactly, sum the float nearest (Knuth's TwoSum: no order of magnitude
+// assumed, no multiplication to fuse).
+__host__ __device__ __forceinline__ float two_sum(float a, float b, float& err) {
+  const float sum = a + b, bb = sum - a;
+  err = (a - (sum - bb)) + (b - bb);
+  return sum;
+}
+
+// a * b rounded, never fused into an addition that uses it (p in minus_times must be the
+// product that its remainder completes).
+__host__ __device__ __forceinline__ float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+template <> struct RowScalar<float> {
+  float hi, lo;
+  // lo = 0 where hi is infinite or NaN (d beyond float's range, or not finite), so that
+  // a result overflows as the double formula's does rather than turn to NaN.
+  __host__ __device__ explicit RowScalar(double d)
+      : hi(static_cast<float>(d)), lo(finite(hi) ? static_cast<float>(d - static_cast<double>(hi)) : 0.0f) {}
+  // An infinite or NaN difference t (a log-probability of -inf, say) is the result as it
+  // stands: its remainder would be NaN.
+  __host__ __device__ float times(float a) const { return fmaf(a, hi, a * lo); }  // a * d
+  __host__ __device__ float from(float a) const {                                  // a - d
+    float err;
+    const float t = two_sum(a, -hi, err);
+    return finite(t) ? t + (err - lo) : t;
+  }
+  __host__ __device__ float times_from(float w, float a) const {  // w * (a - d)
+    float err;
+    const float t = two_sum(a, -hi, err);
+    return finite(t) ? fmaf(w, t, w * (err - lo)) : w * t;
+  }
+  __host__ __device__ float minus_times(float g, float e) const {  // g - e * d
+    const float p = mul_rn(e, hi), p_err = fmaf(e, hi, -p);     // e * hi = p + p_err exactly
+    float err;
+    const float t = two_sum(g, -p, err);
+    return finite(t) ? t + ((err - p_err) - e * lo) : t;
+  }
+  static __host__ __device__ bool finite(float v) { return v - v == 0.0f; }
+};
+template <> struct RowScalar<double> {
+  double d;
+  __host__ __device__ explicit RowScalar(double v) : d(v) {}
+  __host__ __device__ double times(double a) const { return a * d; }
+  __host__ __device__ double from(double a) const { return a - d; }
+  __host__ __device__ double times_from(double w, double a) const { return w * (a - d); }
+  __host__ __device__ double minus_times(double g, double e) const { return g - e * d; }
+};
+
+// e^v in T: expf for float (within 2 ulp, as the CPU's float rows), exp for double.
+__host__ __device__ __forceinline__ float exp_t(float v) { return expf(v); }
+__host__ __device__ __forceinline__ double exp_t(double v) { return exp(v); }
+
 struct RowStats {
   double m;  // the row's maximum (in T, widened)
   double s;  // sum of exp(x - m)
@@ -101,13 +173,11 @@ __device__ RowStats softmax_row(const T* x, T* y, int64_t dim, int64_t stride, b
   }
   s = g.sum(s);
   if (log) {
-    const double lse = ::log(s);
-    for (int64_t d = g.rank(); d < dim; d += g.size())
-      y[d * stride] = static_cast<T>(static_cast<double>(x[d * stride] - m) - lse);
+    const RowScalar<T> lse(::log(s));
+    for (int64_t d = g.rank(); d < dim; d += g.size()) y[d * stride] = lse.from(x[d * stride] - m);
   } else {
-    const double inv = 1.0 / s;
-    for (int64_t d = g.rank(); d < dim; d += g.size())
-      y[d * stride] = static_cast<T>(static_cast<double>(y[d * stride]) * inv);
+    const RowScalar<T> inv(1.0 / s);
+    for (int64_t d = g.rank(); d < dim; d += g.size()) y[d * stride] = inv.times(y[d * stride]);
   }
   return {static_cast<double>(m), s};
 }
@@ -118,18 +188,18 @@ __device__ void softmax_backward_row(const T* gy, const T* y, T* gx, int64_t dim
   double s = 0;
   if (log) {
     for (int64_t d = g.rank(); d < dim; d += g.size()) s += static_cast<double>(gy[d * stride]);
-    s = g.sum(s);
+    const RowScalar<T> sum(g.sum(s));
     for (int64_t d = g.rank(); d < dim; d += g.size()) {
       const int64_t k = d * stride;
-      gx[k] = static_cast<T>(static_cast<double>(gy[k]) - exp_wide(y[k]) * s);
+      gx[k] = sum.minus_times(gy[k], exp_t(y[k]));
     }
   } else {
     for (int64_t d = g.rank(); d < dim; d += g.size())
       s += static_cast<double>(gy[d * stride]) * static_cast<double>(y[d * stride]);
-    s = g.sum(s);
+    const RowScalar<T> sum(g.sum(s));
     for (int64_t d = g.rank(); d < dim; d += g.size()) {
       const int64_t k = d * stride;
-      gx[k] = static_cast<T>(static_cast<double>(y[k]) * (static_cast<double>(gy[k]) - s));
+      gx[k] = sum.times_from(y[k], gy[k]);
     }
   }
 }
@@ -176,12 +246,11 @@ __host__ __device__ RowStats softmax_row_in_regs(RowRegs<P, T>& row, T* y, int d
       if (!log) v[j] = static_cast<T>(e);  // exact: e is a T widened
     }
   s = g.sum(s);
-  const double lse = log ? ::log(s) : 0.0, inv = log ? 0.0 : 1.0 / s;
+  const RowScalar<T> k(log ? ::log(s) : 1.0 / s);  // log s, or 1 / s
 #pragma unroll
   for (int j = 0; j < P; ++j) {
     const int d = lane + 32 * j;
-    if (d < dim)
-      y[d] = static_cast<T>(log ? static_cast<double>(v[j] - m) - lse : static_cast<double>(v[j]) * inv);
+    if (d < dim) y[d] = log ? k.from(v[j] - m) : k.times(v[j]);
   }
   return {static_cast<double>(m), s};
 }
@@ -199,13 +268,11 @@ __host__ __device__ void softmax_backward_row_in_regs(const RowPairRegs<P, T>& r
   for (int j = 0; j < P; ++j)
     if (lane + 32 * j < dim)
       s += log ? static_cast<double>(g[j]) : static_cast<double>(g[j]) * static_cast<double>(w[j]);
-  s = group.sum(s);
+  const RowScalar<T> sum(group.sum(s));
 #pragma unroll
   for (int j = 0; j < P; ++j) {
     const int d = lane + 32 * j;
-    if (d < dim)
-      gx[d] = static_cast<T>(log ? static_cast<double>(g[j]) - exp_wide(w[j]) * s
-                                 : static_cast<double>(w[j]) * (static_cast<double>(g[j]) - s));
+    if (d < dim) gx[d] = log ? sum.minus_times(g[j], exp_t(w[j])) : sum.times_from(w[j], g[j]);
   }
 }
 
@@ -321,12 +388,14 @@ __host__ __device__ __forceinline__ void warp_rows(const F& f, int64_t first, in
   }
 }
 
-// At P = 32 (rows of 513 to 1024: a classifier's 1000 classes) the compiler's register
-// count alone would leave one block of kThreads resident per multiprocessor (float
-// forward with its prefetched row 141 registers, backward 149). Each row functor's
-// kMinBlocks32 asks for 2 (at most 128 registers), which the float rows fit without
-// spills (ptxas -v: forward 118, backward 128). Asking for 3 spills 220 bytes a thread
-// in the forward: on an H200, 8192 x 1000 in 34.2 us against 25.5. Double keeps its count.
+// At P = 32 (rows of 513 to 1024: a classifier's 1000 classes) a float row takes 32
+// registers a lane, and one prefetched beside it 32 more. Each row functor's
+// kMinBlocks32 asks for two blocks of kThreads resident per multiprocessor (at most 128
+// registers), which the float rows fit without spills (ptxas -v for sm_90: forward 107,
+// backward 118, cross-entropy 120; the compiler left alone gives cross-entropy 144, one
+// block; the backward with its next row prefetched would spill 288 bytes). Asking for
+// 3 spilled 220 bytes a thread in the forward: on an H200, 8192 x 1000 in 34.2 us
+// against 25.5. Double keeps its count.
 template <int P, typename F>
 __global__ void __launch_bounds__(kThreads, P >= 32 ? F::kMinBlocks32 : 1) rows_warp_kernel(int64_t rows, F f) {
   const int64_t warps = blockDim.x >> 5;
