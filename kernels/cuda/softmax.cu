@@ -7,9 +7,9 @@
 //   cross_entropy: loss = mean_n (log s_n + m_n - z_n[t_n]); gz = g * (prob - onehot(t)) / N
 // Memory-bound.
 // The CPU's formulas: max-subtracted, sums in double, the exponential in the tensor's
-// type (expf for float, within 2 ulp like the CPU's float rows; exp for double). A float
-// row applies its sum to each element in float, the double split into two floats
-// (RowScalar): within about an ulp of the formula in double.
+// type (expf for float, within 2 ulp like the CPU's float rows; exp for double). Float
+// rows apply 1 / s and the backward's sums in float, each double split into two floats
+// (RowScalar): the double formula's float, but for rare last-bit differences.
 // inner == 1: rows up to 1024 long get a warp each at a time and live in its registers
 // between passes (lane l holds elements l, l + 32, ..., loaded all at once), so each
 // element is read from memory once and written once; the grid holds no more warps than
@@ -82,15 +82,16 @@ __host__ __device__ __forceinline__ double exp_wide(float v) { return static_cas
 __host__ __device__ __forceinline__ double exp_wide(double v) { return exp(v); }
 
 // A double that a whole row shares (1 / s, log s, a gradient's sum d), applied to each
-// element in T. A float row carries it as two floats, hi = float(d) and lo = float(d -
-// hi), so that no element goes to double and back: on the GPU a conversion to or from
-// double runs at an eighth of the FP32 rate (16 a clock on a multiprocessor), and the
-// formulas in double took three an element forward, four or five backward. A product
-// e * (hi + lo) is one fused multiply-add; a difference a - hi (or a - e * hi) is split
-// into its float and its exact remainder (two_sum), which then takes lo. The results are
-// the double formula's rounded to float but where that formula's result lies within a
-// few parts in 2^48 of a rounding boundary
-// (CudaKernelsOnHost.WarpSoftmaxFloatRowsWithinAnUlpOfDouble). A double row uses d.
+// element in T. On the GPU a conversion to or from double runs at an eighth of the FP32
+// rate (16 a clock on a multiprocessor), and the formulas in double took three an element
+// forward and four or five backward. A float row carries d as two floats as well, hi =
+// float(d) and lo = float(d - hi): a product e * (hi + lo) is one fused multiply-add; a
+// difference g - hi (or g - e * hi) is split into its float and its exact remainder
+// (two_sum), which then takes lo. The results are the double formula's rounded to float
+// but where that formula's result lies within a few parts in 2^48 of a rounding boundary
+// (CudaKernelsOnHost.WarpSoftmaxFloatRowsWithinAnUlpOfDouble). Log-softmax's forward,
+// a - log s, stays in double: its exact float form takes more instructions than the two
+// conversions it saves. A double row uses d.
 template <typename T> struct RowScalar;
 
 // a + b = sum + err exactly, sum the float nearest (Knuth's TwoSum: no order of magnitude
@@ -112,19 +113,18 @@ __host__ __device__ __forceinline__ float mul_rn(float a, float b) {
 }
 
 template <> struct RowScalar<float> {
+  double d;
   float hi, lo;
   // lo = 0 where hi is infinite or NaN (d beyond float's range, or not finite), so that
   // a result overflows as the double formula's does rather than turn to NaN.
-  __host__ __device__ explicit RowScalar(double d)
-      : hi(static_cast<float>(d)), lo(finite(hi) ? static_cast<float>(d - static_cast<double>(hi)) : 0.0f) {}
-  // An infinite or NaN difference t (a log-probability of -inf, say) is the result as it
-  // stands: its remainder would be NaN.
+  __host__ __device__ explicit RowScalar(double v)
+      : d(v), hi(static_cast<float>(v)), lo(finite(hi) ? static_cast<float>(v - static_cast<double>(hi)) : 0.0f) {}
   __host__ __device__ float times(float a) const { return fmaf(a, hi, a * lo); }  // a * d
   __host__ __device__ float from(float a) const {                                  // a - d
-    float err;
-    const float t = two_sum(a, -hi, err);
-    return finite(t) ? t + (err - lo) : t;
+    return static_cast<float>(static_cast<double>(a) - d);
   }
+  // An infinite or NaN difference t (a gradient of inf, say) is the result as it stands:
+  // its remainder would be NaN.
   __host__ __device__ float times_from(float w, float a) const {  // w * (a - d)
     float err;
     const float t = two_sum(a, -hi, err);
@@ -136,7 +136,7 @@ template <> struct RowScalar<float> {
     const float t = two_sum(g, -p, err);
     return finite(t) ? t + ((err - p_err) - e * lo) : t;
   }
-  static __host__ __device__ bool finite(float v) { return v - v == 0.0f; }
+  static __host__ __device__ bool finite(float v) { return fabsf(v) <= std::numeric_limits<float>::max(); }
 };
 template <> struct RowScalar<double> {
   double d;
@@ -391,7 +391,7 @@ __host__ __device__ __forceinline__ void warp_rows(const F& f, int64_t first, in
 // At P = 32 (rows of 513 to 1024: a classifier's 1000 classes) a float row takes 32
 // registers a lane, and one prefetched beside it 32 more. Each row functor's
 // kMinBlocks32 asks for two blocks of kThreads resident per multiprocessor (at most 128
-// registers), which the float rows fit without spills (ptxas -v for sm_90: forward 107,
+// registers), which the float rows fit without spills (ptxas -v for sm_90: forward 114,
 // backward 118, cross-entropy 120; the compiler left alone gives cross-entropy 144, one
 // block; the backward with its next row prefetched would spill 288 bytes). Asking for
 // 3 spilled 220 bytes a thread in the forward: on an H200, 8192 x 1000 in 34.2 us
