@@ -87,8 +87,9 @@ __host__ __device__ __forceinline__ double exp_wide(double v) { return exp(v); }
 // forward and four or five backward. A float row carries d as two floats as well, hi =
 // float(d) and lo = float(d - hi): a product e * (hi + lo) is one fused multiply-add; a
 // difference g - hi (or g - e * hi) is split into its float and its exact remainder
-// (two_sum), which then takes lo. The results are the double formula's rounded to float
-// but where that formula's result lies within a few parts in 2^48 of a rounding boundary
+// (two_sum), which then takes lo. Each result is the double formula's rounded to float,
+// unless that formula's result lies within about 2^-48 of its terms' magnitude of a
+// point halfway between two floats, where the two may round apart by an ulp
 // (CudaKernelsOnHost.WarpSoftmaxFloatRowsWithinAnUlpOfDouble). Log-softmax's forward,
 // a - log s, stays in double: its exact float form takes more instructions than the two
 // conversions it saves. A double row uses d.
