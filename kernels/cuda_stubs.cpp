@@ -77,9 +77,10 @@ template <typename T> void broadcast_dim_cuda(const T*, T*, T, int64_t, int64_t,
 template <typename T> void add_bias_cuda(T*, const T*, int64_t, int64_t, int64_t) { no_cuda(); }
 template <typename T> void bias_grad_cuda(const T*, T*, int64_t, int64_t, int64_t) { no_cuda(); }
 
-template <typename T> void softmax_forward_cuda_on_host(const T*, T*, int64_t, int64_t, bool, int64_t) { no_cuda(); }
 template <typename T>
-void softmax_backward_cuda_on_host(const T*, const T*, T*, int64_t, int64_t, bool, int64_t) { no_cuda(); }
+void softmax_forward_cuda_on_host(const T*, T*, int64_t, int64_t, int64_t, bool, int64_t) { no_cuda(); }
+template <typename T>
+void softmax_backward_cuda_on_host(const T*, const T*, T*, int64_t, int64_t, int64_t, bool, int64_t) { no_cuda(); }
 template <typename T> void softmax_forward_cuda(const T*, T*, int64_t, int64_t, int64_t, bool) { no_cuda(); }
 template <typename T>
 void softmax_backward_cuda(const T*, const T*, T*, int64_t, int64_t, int64_t, bool) { no_cuda(); }
@@ -154,9 +155,9 @@ void conv2d_forward_im2col_cuda(const T*, const T*, const T*, T*, const Conv2dSh
   template void broadcast_dim_cuda<T>(const T*, T*, T, int64_t, int64_t, int64_t);                  \
   template void add_bias_cuda<T>(T*, const T*, int64_t, int64_t, int64_t);                          \
   template void bias_grad_cuda<T>(const T*, T*, int64_t, int64_t, int64_t);                         \
-  template void softmax_forward_cuda_on_host<T>(const T*, T*, int64_t, int64_t, bool, int64_t);     \
-  template void softmax_backward_cuda_on_host<T>(const T*, const T*, T*, int64_t, int64_t, bool,     \
-                                                 int64_t);                                           \
+  template void softmax_forward_cuda_on_host<T>(const T*, T*, int64_t, int64_t, int64_t, bool, int64_t); \
+  template void softmax_backward_cuda_on_host<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, bool, \
+                                                 int64_t);                                               \
   template void softmax_forward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t, bool);             \
   template void softmax_backward_cuda<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, bool);  \
   template void cross_entropy_forward_cuda<T>(const T*, const int64_t*, T*, T*, int64_t, int64_t);  \

@@ -35,17 +35,19 @@ void softmax_forward_cuda(const T* x, T* y, int64_t outer, int64_t dim, int64_t 
 template <typename T>
 void softmax_backward_cuda(const T* gy, const T* y, T* gx, int64_t outer, int64_t dim,
                            int64_t inner, bool log);
-// For tests: the CUDA code for rows of at most 1024 elements (a warp per row, held in
-// its registers) run on the host, 32 threads standing in for a warp's lanes (no GPU
-// needed). Host pointers, rows of dim elements, dim in [1, 1024], else
-// std::invalid_argument. `warps` warps take the rows in turn, as the kernel's do (warp w:
-// rows w, w + warps, ...; each loads its next row before it computes the current one);
-// 0: a warp a row.
+// For tests: the CUDA code run on the host (no GPU needed), host pointers, dispatched as
+// the device dispatches it. With inner == 1, rows of at most 1024 elements take the warp
+// kernel's code (a row in a warp's registers), 32 host threads standing in for a warp's
+// lanes: `warps` warps take the rows in turn, as the kernel's do (warp w: rows w, w +
+// warps, ...; each loads its next row before it computes the current one), 0: a warp a
+// row. Longer rows take the block kernel's code on 256 host threads, a row at a time;
+// inner > 1 the per-column code. Negative sizes or warps: std::invalid_argument.
 template <typename T>
-void softmax_forward_cuda_on_host(const T* x, T* y, int64_t rows, int64_t dim, bool log, int64_t warps = 0);
+void softmax_forward_cuda_on_host(const T* x, T* y, int64_t outer, int64_t dim, int64_t inner, bool log,
+                                  int64_t warps = 0);
 template <typename T>
-void softmax_backward_cuda_on_host(const T* gy, const T* y, T* gx, int64_t rows, int64_t dim, bool log,
-                                   int64_t warps = 0);
+void softmax_backward_cuda_on_host(const T* gy, const T* y, T* gx, int64_t outer, int64_t dim, int64_t inner,
+                                   bool log, int64_t warps = 0);
 template <typename T>
 void cross_entropy_forward_cuda(const T* z, const int64_t* target, T* prob, T* loss, int64_t N,
                                 int64_t K);

@@ -414,13 +414,21 @@ TEST_P(CudaTyped, SoftmaxManyRowsPerWarpMatchCpu) {
                         {leaf(mul(randn({24000, 1000}, seed, t), 4.0).detach())}, r);
 }
 
-// The warp-per-row softmax code, run on the host (no GPU needed) for every register width
-// and both directions, against the CPU's kernels. The two sum in different orders (and
-// may differ in expf's last bit), hence a tolerance of a few float or double roundings.
-// Five rows on a warp each, on one warp (each row's loads issued before the previous row
-// is computed: four hand-overs) and on two (three rows and two).
-template <typename T> void expect_warp_softmax_matches_cpu(int64_t dim, bool log, uint64_t seed) {
-  const int64_t rows = 5, n = rows * dim;
+using SoftmaxShape = std::array<int64_t, 3>;  // [outer, dim, inner]
+
+std::string describe(const SoftmaxShape& sh, bool log) {
+  return "[" + std::to_string(sh[0]) + ", " + std::to_string(sh[1]) + ", " + std::to_string(sh[2]) + "]" +
+         (log ? " log_softmax" : " softmax");
+}
+
+// Softmax's kernel code, run on the host (no GPU needed) in both directions, against the
+// CPU's kernels, on [outer, dim, inner]. The two sum in different orders (and may differ
+// in expf's last bit), hence a tolerance of a few float or double roundings. Rows of at
+// most 1024 (the warp code) run on a warp each, on one warp (each row's loads issued
+// before the previous row is computed: outer - 1 hand-overs) and on two.
+template <typename T> void expect_softmax_code_matches_cpu(int64_t outer, int64_t dim, int64_t inner, bool log,
+                                                           uint64_t seed) {
+  const int64_t n = outer * dim * inner;
   const Tensor rx = randn({n}, seed), rg = randn({n}, seed + 1);
   std::vector<T> x(n), gy(n);
   for (int64_t i = 0; i < n; ++i) {
@@ -428,8 +436,8 @@ template <typename T> void expect_warp_softmax_matches_cpu(int64_t dim, bool log
     gy[i] = static_cast<T>(rg.data<double>()[i]);
   }
   std::vector<T> y_cpu(n), gx_cpu(n);
-  kernels::softmax_forward_cpu<T>(x.data(), y_cpu.data(), rows, dim, 1, log);
-  kernels::softmax_backward_cpu<T>(gy.data(), y_cpu.data(), gx_cpu.data(), rows, dim, 1, log);
+  kernels::softmax_forward_cpu<T>(x.data(), y_cpu.data(), outer, dim, inner, log);
+  kernels::softmax_backward_cpu<T>(gy.data(), y_cpu.data(), gx_cpu.data(), outer, dim, inner, log);
   const double tol = std::is_same_v<T, float> ? 2e-6 : 1e-13;
   auto rel = [](const std::vector<T>& a, const std::vector<T>& b) {
     double diff = 0, ref = 0;
@@ -442,13 +450,15 @@ template <typename T> void expect_warp_softmax_matches_cpu(int64_t dim, bool log
   for (int64_t warps : {0, 1, 2}) {
     SCOPED_TRACE("warps " + std::to_string(warps));
     std::vector<T> y_dev(n, T(-7)), gx_dev(n, T(-7));
-    kernels::softmax_forward_cuda_on_host<T>(x.data(), y_dev.data(), rows, dim, log, warps);
-    kernels::softmax_backward_cuda_on_host<T>(gy.data(), y_cpu.data(), gx_dev.data(), rows, dim, log, warps);
+    kernels::softmax_forward_cuda_on_host<T>(x.data(), y_dev.data(), outer, dim, inner, log, warps);
+    kernels::softmax_backward_cuda_on_host<T>(gy.data(), y_cpu.data(), gx_dev.data(), outer, dim, inner, log, warps);
     EXPECT_LE(rel(y_dev, y_cpu), tol) << "forward";
     EXPECT_LE(rel(gx_dev, gx_cpu), tol) << "backward";
+    if (inner != 1 || dim > 1024) break;  // the warp count is the warp code's alone
   }
 }
 
+// Five rows of every register width of the warp code.
 TEST(CudaKernelsOnHost, WarpSoftmaxCodeMatchesCpu) {
 #if !ENGINE_HAVE_CUDA
   GTEST_SKIP() << "built without CUDA: no kernel code to run";
@@ -457,53 +467,80 @@ TEST(CudaKernelsOnHost, WarpSoftmaxCodeMatchesCpu) {
   for (int64_t dim : {1, 7, 32, 33, 64, 65, 100, 128, 129, 256, 300, 512, 513, 1000, 1024})
     for (bool log : {false, true}) {
       SCOPED_TRACE("dim " + std::to_string(dim) + (log ? " log_softmax" : " softmax"));
-      expect_warp_softmax_matches_cpu<float>(dim, log, seed);
-      expect_warp_softmax_matches_cpu<double>(dim, log, seed + 3);
+      expect_softmax_code_matches_cpu<float>(5, dim, 1, log, seed);
+      expect_softmax_code_matches_cpu<double>(5, dim, 1, log, seed + 3);
       seed += 7;
     }
-  std::vector<float> row(1025);
-  EXPECT_THROW(kernels::softmax_forward_cuda_on_host<float>(row.data(), row.data(), 1, 1025, false),
+  std::vector<float> row(8);
+  EXPECT_THROW(kernels::softmax_forward_cuda_on_host<float>(row.data(), row.data(), 1, 8, 1, false, -1),
                std::invalid_argument);
-  EXPECT_THROW(kernels::softmax_forward_cuda_on_host<float>(row.data(), row.data(), 1, 8, false, -1),
+  EXPECT_THROW(kernels::softmax_backward_cuda_on_host<float>(row.data(), row.data(), row.data(), -1, 8, 1, false),
                std::invalid_argument);
 #endif
 }
 
-// Float rows apply their row's double (1 / s, log s, a gradient's sum) in float, split
-// into two floats. Against each formula evaluated in double from the same expf values
-// and rounded to float once: every element within an ulp, and almost all equal. The
-// first row has logits of -inf (masked classes): log-probabilities of -inf; the second an
-// infinite output gradient, whose sum makes the row's other gradients infinite too.
-void expect_float_rows_match_double_formulas(int64_t dim, bool log, uint64_t seed) {
-  const int64_t rows = 7, n = rows * dim;
+// The block-per-row code (rows past 1024) and the per-column code (inner > 1).
+TEST(CudaKernelsOnHost, SoftmaxBlockAndColumnCodeMatchesCpu) {
+#if !ENGINE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA: no kernel code to run";
+#else
+  uint64_t seed = 170;
+  const std::vector<SoftmaxShape> shapes{{3, 1025, 1}, {2, 2500, 1}, {4, 10, 7}, {3, 1, 5}, {2, 1100, 3}};
+  for (const SoftmaxShape& sh : shapes)
+    for (bool log : {false, true}) {
+      SCOPED_TRACE(describe(sh, log));
+      expect_softmax_code_matches_cpu<float>(sh[0], sh[1], sh[2], log, seed);
+      expect_softmax_code_matches_cpu<double>(sh[0], sh[1], sh[2], log, seed + 3);
+      seed += 7;
+    }
+#endif
+}
+
+// Float rows apply their row's double (1 / s, the backward's sums) in float, split into
+// two floats. Against each formula evaluated in double from the same expf values and
+// rounded to float once: every element within an ulp, and almost all equal. Element
+// (o, d, i) of [outer, dim, inner]; the first row has logits of -inf (masked classes):
+// log-probabilities of -inf; the second an infinite output gradient, whose sum makes the
+// row's other gradients infinite too.
+void expect_float_rows_match_double_formulas(int64_t outer, int64_t dim, int64_t inner, bool log, uint64_t seed) {
+  const int64_t n = outer * dim * inner;
   const Tensor rx = randn({n}, seed), rg = randn({n}, seed + 1);
   std::vector<float> x(n), gy(n);
   for (int64_t i = 0; i < n; ++i) {
     x[i] = static_cast<float>(3.0 * rx.data<double>()[i]);
     gy[i] = static_cast<float>(rg.data<double>()[i]);
   }
-  for (int64_t d = 0; d < dim; d += 7) x[d] = -std::numeric_limits<float>::infinity();  // masked logits
-  gy[dim + 3] = std::numeric_limits<float>::infinity();  // the second row's gradient sum overflows
+  auto at = [dim, inner](int64_t o, int64_t d, int64_t i) { return (o * dim + d) * inner + i; };
+  for (int64_t d = 0; d < dim; d += 7) x[at(0, d, 0)] = -std::numeric_limits<float>::infinity();
+  gy[at(1, 3, 0)] = std::numeric_limits<float>::infinity();
   std::vector<float> y(n), gx(n), y_ref(n), gx_ref(n);
-  kernels::softmax_forward_cuda_on_host<float>(x.data(), y.data(), rows, dim, log, 2);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x.data() + r * dim;
-    const float m = *std::max_element(xr, xr + dim);
-    double s = 0;
-    for (int64_t d = 0; d < dim; ++d) s += static_cast<double>(std::exp(xr[d] - m));
-    for (int64_t d = 0; d < dim; ++d)
-      y_ref[r * dim + d] = static_cast<float>(log ? static_cast<double>(xr[d] - m) - std::log(s)
-                                                  : static_cast<double>(std::exp(xr[d] - m)) / s);
-  }
-  kernels::softmax_backward_cuda_on_host<float>(gy.data(), y_ref.data(), gx.data(), rows, dim, log, 2);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float *g = gy.data() + r * dim, *w = y_ref.data() + r * dim;
-    double s = 0;
-    for (int64_t d = 0; d < dim; ++d) s += log ? double(g[d]) : double(g[d]) * double(w[d]);
-    for (int64_t d = 0; d < dim; ++d)
-      gx_ref[r * dim + d] = static_cast<float>(log ? double(g[d]) - double(std::exp(w[d])) * s
-                                                   : double(w[d]) * (double(g[d]) - s));
-  }
+  kernels::softmax_forward_cuda_on_host<float>(x.data(), y.data(), outer, dim, inner, log, 2);
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i = 0; i < inner; ++i) {
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t d = 0; d < dim; ++d) m = std::max(m, x[at(o, d, i)]);
+      double s = 0;
+      for (int64_t d = 0; d < dim; ++d) s += static_cast<double>(std::exp(x[at(o, d, i)] - m));
+      for (int64_t d = 0; d < dim; ++d) {
+        const float v = x[at(o, d, i)];
+        y_ref[at(o, d, i)] = static_cast<float>(log ? static_cast<double>(v - m) - std::log(s)
+                                                    : static_cast<double>(std::exp(v - m)) / s);
+      }
+    }
+  kernels::softmax_backward_cuda_on_host<float>(gy.data(), y_ref.data(), gx.data(), outer, dim, inner, log, 2);
+  for (int64_t o = 0; o < outer; ++o)
+    for (int64_t i = 0; i < inner; ++i) {
+      double s = 0;
+      for (int64_t d = 0; d < dim; ++d) {
+        const int64_t k = at(o, d, i);
+        s += log ? double(gy[k]) : double(gy[k]) * double(y_ref[k]);
+      }
+      for (int64_t d = 0; d < dim; ++d) {
+        const int64_t k = at(o, d, i);
+        gx_ref[k] = static_cast<float>(log ? double(gy[k]) - double(std::exp(y_ref[k])) * s
+                                           : double(y_ref[k]) * (double(gy[k]) - s));
+      }
+    }
   auto ulps = [](float a, float b) {  // a and b of one sign here; 0 and -0 are 0 apart
     if (a == b || (std::isnan(a) && std::isnan(b))) return int64_t(0);
     int32_t ia, ib;
@@ -513,26 +550,29 @@ void expect_float_rows_match_double_formulas(int64_t dim, bool log, uint64_t see
   };
   for (const auto& [got, want, what] : {std::tuple(&y, &y_ref, "forward"), std::tuple(&gx, &gx_ref, "backward")}) {
     int64_t worst = 0, differ = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t u = ulps((*got)[i], (*want)[i]);
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t u = ulps((*got)[k], (*want)[k]);
       worst = std::max(worst, u);
       differ += u != 0;
     }
     EXPECT_LE(worst, 1) << what;
-    // A result differs only within a few parts in 2^48 of a rounding boundary.
+    // A result differs only within about 2^-48 of a rounding boundary.
     EXPECT_LE(differ, n / 1000) << what << ": " << differ << " of " << n << " elements differ";
   }
 }
 
-TEST(CudaKernelsOnHost, WarpSoftmaxFloatRowsWithinAnUlpOfDouble) {
+// Rows on the warp code (100, 513 and 1000 long, on two warps), on the block code (2500)
+// and columns (inner 7).
+TEST(CudaKernelsOnHost, SoftmaxFloatRowsWithinAnUlpOfDouble) {
 #if !ENGINE_HAVE_CUDA
   GTEST_SKIP() << "built without CUDA: no kernel code to run";
 #else
   uint64_t seed = 90;
-  for (int64_t dim : {100, 513, 1000})
+  const std::vector<SoftmaxShape> shapes{{7, 100, 1}, {7, 513, 1}, {7, 1000, 1}, {3, 2500, 1}, {5, 300, 7}};
+  for (const SoftmaxShape& sh : shapes)
     for (bool log : {false, true}) {
-      SCOPED_TRACE("dim " + std::to_string(dim) + (log ? " log_softmax" : " softmax"));
-      expect_float_rows_match_double_formulas(dim, log, seed);
+      SCOPED_TRACE(describe(sh, log));
+      expect_float_rows_match_double_formulas(sh[0], sh[1], sh[2], log, seed);
       seed += 2;
     }
 #endif

@@ -23,6 +23,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/host_threads.h"
@@ -45,10 +46,10 @@ constexpr int64_t kWarpRowMax = 1024;  // rows up to this long get one warp each
 // The threads that share one row, and how they combine their values. Every member gets
 // the combined value.
 struct ThreadGroup {  // a single thread
-  __device__ __forceinline__ int64_t rank() const { return 0; }
-  __device__ __forceinline__ int64_t size() const { return 1; }
-  template <typename A> __device__ __forceinline__ A sum(A v) const { return v; }
-  template <typename A> __device__ __forceinline__ A max(A v) const { return v; }
+  __host__ __device__ __forceinline__ int64_t rank() const { return 0; }
+  __host__ __device__ __forceinline__ int64_t size() const { return 1; }
+  template <typename A> __host__ __device__ __forceinline__ A sum(A v) const { return v; }
+  template <typename A> __host__ __device__ __forceinline__ A max(A v) const { return v; }
 };
 
 struct BlockGroup {  // a whole 1-D block; smem holds 32 doubles (float and double fit)
@@ -90,7 +91,7 @@ __host__ __device__ __forceinline__ double exp_wide(double v) { return exp(v); }
 // (two_sum), which then takes lo. Each result is the double formula's rounded to float,
 // unless that formula's result lies within about 2^-48 of its terms' magnitude of a
 // point halfway between two floats, where the two may round apart by an ulp
-// (CudaKernelsOnHost.WarpSoftmaxFloatRowsWithinAnUlpOfDouble). Log-softmax's forward,
+// (CudaKernelsOnHost.SoftmaxFloatRowsWithinAnUlpOfDouble). Log-softmax's forward,
 // a - log s, stays in double: its exact float form takes more instructions than the two
 // conversions it saves. A double row uses d.
 template <typename T> struct RowScalar;
@@ -158,9 +159,9 @@ struct RowStats {
 };
 
 // softmax (log = false) or log_softmax of the row x[d * stride], d < dim, into y.
+#pragma nv_exec_check_disable
 template <typename T, typename G>
-__device__ RowStats softmax_row(const T* x, T* y, int64_t dim, int64_t stride, bool log,
-                                const G& g) {
+__host__ __device__ RowStats softmax_row(const T* x, T* y, int64_t dim, int64_t stride, bool log, const G& g) {
   T m = -std::numeric_limits<T>::infinity();
   for (int64_t d = g.rank(); d < dim; d += g.size()) m = max_of(m, x[d * stride]);
   m = g.max(m);
@@ -183,9 +184,10 @@ __device__ RowStats softmax_row(const T* x, T* y, int64_t dim, int64_t stride, b
   return {static_cast<double>(m), s};
 }
 
+#pragma nv_exec_check_disable
 template <typename T, typename G>
-__device__ void softmax_backward_row(const T* gy, const T* y, T* gx, int64_t dim, int64_t stride,
-                                     bool log, const G& g) {
+__host__ __device__ void softmax_backward_row(const T* gy, const T* y, T* gx, int64_t dim, int64_t stride,
+                                              bool log, const G& g) {
   double s = 0;
   if (log) {
     for (int64_t d = g.rank(); d < dim; d += g.size()) s += static_cast<double>(gy[d * stride]);
@@ -289,7 +291,8 @@ template <typename T> struct SoftmaxForwardRow {
   T* y;
   int64_t dim;
   bool log;
-  template <typename G> __device__ void operator()(int64_t r, const G& g) const {
+#pragma nv_exec_check_disable
+  template <typename G> __host__ __device__ void operator()(int64_t r, const G& g) const {
     softmax_row(x + r * dim, y + r * dim, dim, 1, log, g);
   }
   template <int P> __host__ __device__ void load(int64_t r, int lane, Regs<P>& v) const {
@@ -313,7 +316,8 @@ template <typename T> struct SoftmaxBackwardRow {
   T* gx;
   int64_t dim;
   bool log;
-  template <typename G> __device__ void operator()(int64_t r, const G& g) const {
+#pragma nv_exec_check_disable
+  template <typename G> __host__ __device__ void operator()(int64_t r, const G& g) const {
     softmax_backward_row(gy + r * dim, y + r * dim, gx + r * dim, dim, 1, log, g);
   }
   template <int P> __host__ __device__ void load(int64_t r, int lane, Regs<P>& v) const {
@@ -460,17 +464,70 @@ template <typename F> void for_each_row(int64_t rows, int64_t dim, const F& f) {
   CUDA_CHECK_LAUNCH();
 }
 
-// ---- the warp code on the host ------------------------------------------------------------
+// ---- the kernels' code on the host -------------------------------------------------------
 
 // Rows on 32 host threads (cuda::HostWarp) get what the device computes, up to expf,
-// whose host and device versions may differ in the last bit.
+// whose host and device versions may differ in the last bit; so do rows on kThreads host
+// threads (HostBlockGroup) and columns on one (ThreadGroup).
+using cuda::HostBarrier;
 using cuda::HostWarp;
+using cuda::on_host_threads;
 using cuda::on_host_warp;
 
-void check_warp_rows(const char* what, int64_t dim) {
-  if (dim < 1 || dim > kWarpRowMax)
-    throw std::invalid_argument(std::string(what) + ": rows of 1 to " + std::to_string(kWarpRowMax) +
-                                " elements only, got " + std::to_string(dim));
+// BlockGroup on host threads: thread tid of `threads` (a multiple of 32). Each warp's
+// shuffles become a butterfly through one shared slot a thread, in the same order; the
+// gather through smem is BlockGroup's.
+class HostBlockGroup {
+ public:
+  struct Shared {
+    explicit Shared(int threads) : lanes(static_cast<std::size_t>(threads)), barrier(threads) {}
+    std::vector<double> lanes;
+    double smem[32];
+    HostBarrier barrier;
+  };
+  HostBlockGroup(int tid, int threads, Shared* shared) : tid_(tid), threads_(threads), sh_(shared) {}
+  int64_t rank() const { return tid_; }
+  int64_t size() const { return threads_; }
+  template <typename A> A sum(A v) const {
+    const auto plus = [](A a, A b) { return a + b; };
+    v = butterfly(v, plus);
+    v = gather(v, A(0));
+    return butterfly(v, plus);
+  }
+  template <typename A> A max(A v) const {
+    const auto larger = [](A a, A b) { return max_of(a, b); };
+    v = butterfly(v, larger);
+    v = gather(v, -std::numeric_limits<A>::infinity());
+    return butterfly(v, larger);
+  }
+
+ private:
+  template <typename A, typename Op> A butterfly(A v, Op op) const {  // warp_sum / warp_max
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      sh_->lanes[static_cast<std::size_t>(tid_)] = static_cast<double>(v);  // exact for float and double
+      sh_->barrier.wait();
+      const A other = static_cast<A>(sh_->lanes[static_cast<std::size_t>(tid_ ^ offset)]);
+      sh_->barrier.wait();
+      v = op(v, other);
+    }
+    return v;
+  }
+  template <typename A> A gather(A v, A identity) const {
+    const int lane = tid_ & 31, warp = tid_ >> 5;
+    sh_->barrier.wait();
+    if (lane == 0) sh_->smem[warp] = static_cast<double>(v);
+    sh_->barrier.wait();
+    return lane < threads_ / 32 ? static_cast<A>(sh_->smem[lane]) : identity;
+  }
+  int tid_, threads_;
+  Shared* sh_;
+};
+
+void check_sizes(const char* what, int64_t outer, int64_t dim, int64_t inner, int64_t warps) {
+  if (outer < 0 || dim < 0 || inner < 0)
+    throw std::invalid_argument(std::string(what) + ": negative size [" + std::to_string(outer) + ", " +
+                                std::to_string(dim) + ", " + std::to_string(inner) + "]");
+  if (warps < 0) throw std::invalid_argument(std::string(what) + ": negative warp count");
 }
 
 // One block: out[0] = sum(v) / n, summed in a fixed order.
@@ -543,34 +600,55 @@ void cross_entropy_backward_cuda(const T* prob, const int64_t* target, const T* 
   });
 }
 
-// The warp kernel's rows on `warps` warps (one a row when 0), warp w taking rows w,
-// w + warps, ... as the kernel's grid-stride loop does; the warps one after another.
-template <typename F> void warp_rows_on_host(const char* what, const F& f, int64_t rows, int64_t dim, int64_t warps) {
-  check_warp_rows(what, dim);
-  if (warps < 0) throw std::invalid_argument(std::string(what) + ": negative warp count");
-  const int64_t step = warps == 0 ? rows : warps;
-  for (int64_t w = 0; w < step; ++w)
-    with_row_width(dim, [&](auto width) {
-      constexpr int P = decltype(width)::value;
-      on_host_warp([&](const HostWarp& g) { warp_rows<P>(f, w, step, rows, g); });
-    });
+// for_each_row's rows on the host: rows of at most kWarpRowMax on `warps` warps (one a
+// row when 0), warp w taking rows w, w + warps, ... as the warp kernel's grid-stride loop
+// does, the warps one after another; longer rows on one block, a row after another.
+template <typename F> void rows_on_host(const F& f, int64_t rows, int64_t dim, int64_t warps) {
+  if (rows == 0 || dim == 0) return;
+  if (dim <= kWarpRowMax) {
+    const int64_t step = warps == 0 ? rows : warps;
+    for (int64_t w = 0; w < step; ++w)
+      with_row_width(dim, [&](auto width) {
+        constexpr int P = decltype(width)::value;
+        on_host_warp([&](const HostWarp& g) { warp_rows<P>(f, w, step, rows, g); });
+      });
+    return;
+  }
+  HostBlockGroup::Shared shared(kThreads);
+  on_host_threads(kThreads, [&](int tid) {
+    const HostBlockGroup g(tid, kThreads, &shared);
+    for (int64_t r = 0; r < rows; ++r) f(r, g);
+  });
 }
 
 template <typename T>
-void softmax_forward_cuda_on_host(const T* x, T* y, int64_t rows, int64_t dim, bool log, int64_t warps) {
-  warp_rows_on_host("softmax_forward_cuda_on_host", SoftmaxForwardRow<T>{x, y, dim, log}, rows, dim, warps);
+void softmax_forward_cuda_on_host(const T* x, T* y, int64_t outer, int64_t dim, int64_t inner, bool log,
+                                  int64_t warps) {
+  check_sizes("softmax_forward_cuda_on_host", outer, dim, inner, warps);
+  if (inner == 1) return rows_on_host(SoftmaxForwardRow<T>{x, y, dim, log}, outer, dim, warps);
+  if (dim == 0) return;
+  for (int64_t k = 0; k < outer * inner; ++k) {  // softmax_forward_cuda's columns
+    const int64_t o = k / inner, i = k - o * inner, base = o * dim * inner + i;
+    softmax_row(x + base, y + base, dim, inner, log, ThreadGroup{});
+  }
 }
 
 template <typename T>
-void softmax_backward_cuda_on_host(const T* gy, const T* y, T* gx, int64_t rows, int64_t dim, bool log,
-                                   int64_t warps) {
-  warp_rows_on_host("softmax_backward_cuda_on_host", SoftmaxBackwardRow<T>{gy, y, gx, dim, log}, rows, dim, warps);
+void softmax_backward_cuda_on_host(const T* gy, const T* y, T* gx, int64_t outer, int64_t dim, int64_t inner,
+                                   bool log, int64_t warps) {
+  check_sizes("softmax_backward_cuda_on_host", outer, dim, inner, warps);
+  if (inner == 1) return rows_on_host(SoftmaxBackwardRow<T>{gy, y, gx, dim, log}, outer, dim, warps);
+  if (dim == 0) return;
+  for (int64_t k = 0; k < outer * inner; ++k) {
+    const int64_t o = k / inner, i = k - o * inner, base = o * dim * inner + i;
+    softmax_backward_row(gy + base, y + base, gx + base, dim, inner, log, ThreadGroup{});
+  }
 }
 
 #define INSTANTIATE(T)                                                                           \
-  template void softmax_forward_cuda_on_host<T>(const T*, T*, int64_t, int64_t, bool, int64_t);   \
-  template void softmax_backward_cuda_on_host<T>(const T*, const T*, T*, int64_t, int64_t, bool,   \
-                                                 int64_t);                                         \
+  template void softmax_forward_cuda_on_host<T>(const T*, T*, int64_t, int64_t, int64_t, bool, int64_t); \
+  template void softmax_backward_cuda_on_host<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, bool, \
+                                                 int64_t);                                               \
   template void softmax_forward_cuda<T>(const T*, T*, int64_t, int64_t, int64_t, bool);          \
   template void softmax_backward_cuda<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, bool); \
   template void cross_entropy_forward_cuda<T>(const T*, const int64_t*, T*, T*, int64_t, int64_t); \
