@@ -65,7 +65,7 @@ inline __m256i philox_word0_x8(const PhiloxKeys8& keys, uint64_t base) {
 }
 
 // uniform_from_word (kernels/common.h) lane by lane: (w >> 8) * 2^-24, exact in float.
-inline __m256 uniform_from_words_x8(__m256i w) {
+inline __m256 uniform_from_word_x8(__m256i w) {
   return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(w, 8)), _mm256_set1_ps(1.0f / 16777216.0f));
 }
 
@@ -99,7 +99,7 @@ void for_float_uniforms(uint64_t seed, uint64_t offset, int64_t n, Vec&& vec, On
       for (int64_t i = i0; i < i0 + 8; ++i) one(i, philox_uniform<float>(seed, offset + static_cast<uint64_t>(i)));
       continue;
     }
-    vec(i0, uniform_from_words_x8(philox_word0_x8(keys, base)));
+    vec(i0, uniform_from_word_x8(philox_word0_x8(keys, base)));
   }
   for (int64_t i = groups * 8; i < n; ++i) one(i, philox_uniform<float>(seed, offset + static_cast<uint64_t>(i)));
 }
@@ -196,7 +196,7 @@ void dropout_forward_cpu(const T* x, T* mask, T* y, T p, uint64_t seed, uint64_t
       philox_x8_counter_major(words, ordered);
       for (int j = 0; j < 4; ++j) {
         const int64_t i = 32 * b + 8 * j;
-        const __m256 u = uniform_from_words_x8(ordered[j]);
+        const __m256 u = uniform_from_word_x8(ordered[j]);
         const __m256 keep = _mm256_and_ps(_mm256_cmp_ps(u, pv, _CMP_GE_OQ), sv);
         _mm256_storeu_ps(mask + i, keep);
         _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), keep));

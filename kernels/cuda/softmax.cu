@@ -20,10 +20,10 @@
 // Deterministic: no atomics, the batch mean of cross-entropy is a fixed-order block
 // reduction of per-row losses.
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
-#include <vector>
 
 #include "kernels/cuda/check.cuh"
 #include "kernels/cuda/host_threads.h"
@@ -76,11 +76,6 @@ struct BlockGroup {  // a whole 1-D block; smem holds 32 doubles (float and doub
     return lane < static_cast<int>(blockDim.x >> 5) ? static_cast<A>(smem[lane]) : identity;
   }
 };
-
-// e^v, widened to double: expf for float (within 2 ulp, as the CPU's float rows), exp
-// for double.
-__host__ __device__ __forceinline__ double exp_wide(float v) { return static_cast<double>(expf(v)); }
-__host__ __device__ __forceinline__ double exp_wide(double v) { return exp(v); }
 
 // A double that a whole row shares (1 / s, log s, a gradient's sum d), applied to each
 // element in T. On the GPU a conversion to or from double runs at an eighth of the FP32
@@ -152,6 +147,8 @@ template <> struct RowScalar<double> {
 // e^v in T: expf for float (within 2 ulp, as the CPU's float rows), exp for double.
 __host__ __device__ __forceinline__ float exp_t(float v) { return expf(v); }
 __host__ __device__ __forceinline__ double exp_t(double v) { return exp(v); }
+// The same, widened to double for the row's sum.
+template <typename T> __host__ __device__ __forceinline__ double exp_wide(T v) { return static_cast<double>(exp_t(v)); }
 
 struct RowStats {
   double m;  // the row's maximum (in T, widened)
@@ -475,43 +472,26 @@ using cuda::on_host_threads;
 using cuda::on_host_warp;
 
 // BlockGroup on host threads: thread tid of `threads` (a multiple of 32). Each warp's
-// shuffles become a butterfly through one shared slot a thread, in the same order; the
-// gather through smem is BlockGroup's.
+// shuffles are a HostWarp's (the same butterfly order); the gather through smem is
+// BlockGroup's.
 class HostBlockGroup {
  public:
   struct Shared {
-    explicit Shared(int threads) : lanes(static_cast<std::size_t>(threads)), barrier(threads) {}
-    std::vector<double> lanes;
+    explicit Shared(int threads) : warps(new HostWarp::Shared[threads / 32]), barrier(threads) {}
+    std::unique_ptr<HostWarp::Shared[]> warps;
     double smem[32];
     HostBarrier barrier;
   };
-  HostBlockGroup(int tid, int threads, Shared* shared) : tid_(tid), threads_(threads), sh_(shared) {}
+  HostBlockGroup(int tid, int threads, Shared* shared)
+      : warp_(tid & 31, &shared->warps[tid >> 5]), tid_(tid), threads_(threads), sh_(shared) {}
   int64_t rank() const { return tid_; }
   int64_t size() const { return threads_; }
-  template <typename A> A sum(A v) const {
-    const auto plus = [](A a, A b) { return a + b; };
-    v = butterfly(v, plus);
-    v = gather(v, A(0));
-    return butterfly(v, plus);
-  }
+  template <typename A> A sum(A v) const { return warp_.sum(gather(warp_.sum(v), A(0))); }
   template <typename A> A max(A v) const {
-    const auto larger = [](A a, A b) { return max_of(a, b); };
-    v = butterfly(v, larger);
-    v = gather(v, -std::numeric_limits<A>::infinity());
-    return butterfly(v, larger);
+    return warp_.max(gather(warp_.max(v), -std::numeric_limits<A>::infinity()));
   }
 
  private:
-  template <typename A, typename Op> A butterfly(A v, Op op) const {  // warp_sum / warp_max
-    for (int offset = 16; offset > 0; offset >>= 1) {
-      sh_->lanes[static_cast<std::size_t>(tid_)] = static_cast<double>(v);  // exact for float and double
-      sh_->barrier.wait();
-      const A other = static_cast<A>(sh_->lanes[static_cast<std::size_t>(tid_ ^ offset)]);
-      sh_->barrier.wait();
-      v = op(v, other);
-    }
-    return v;
-  }
   template <typename A> A gather(A v, A identity) const {
     const int lane = tid_ & 31, warp = tid_ >> 5;
     sh_->barrier.wait();
@@ -519,6 +499,7 @@ class HostBlockGroup {
     sh_->barrier.wait();
     return lane < threads_ / 32 ? static_cast<A>(sh_->smem[lane]) : identity;
   }
+  HostWarp warp_;
   int tid_, threads_;
   Shared* sh_;
 };
