@@ -130,43 +130,99 @@ TEST_P(CudaNets, SqueezeNetForwardBackwardMatchesCpu) {
   expect_eval_pass_agrees(nets::Arch::SqueezeNet1_1, GetParam(), 20);
 }
 
-// Training mode (dropout with identically seeded generators) and two SGD steps with
-// momentum, Nesterov and weight decay: the losses, the momentum buffers (the running sum
-// of every step's gradient and weight decay) and the parameters agree. The buffers stand
-// for the updates: p_after - p_before would lose float32's last bits to cancellation.
+// Training mode: AlexNet from seed kSgdSeed (dropout from kSgdSeed + 1, the same masks
+// on both devices), two SGD steps with momentum, Nesterov and weight decay on the input
+// of seed kSgdInput.
+constexpr uint64_t kSgdSeed = 30, kSgdInput = 34;
+
+struct Trained {
+  std::vector<double> losses;
+  std::vector<std::pair<std::string, Tensor>> params;
+  std::vector<Tensor> buffers;  // the momentum buffers, in the parameters' order
+};
+
+Trained two_sgd_steps(nn::Module& net, const Tensor& x) {
+  net.train();
+  optim::SGD sgd(net.parameters(), optim::SgdOptions(0.01, 0.9, 0.0, 5e-4, true));
+  Trained r;
+  for (int step = 0; step < 2; ++step) {
+    sgd.zero_grad();
+    const Tensor loss = cross_entropy(net(x), kTargets);
+    r.losses.push_back(loss.item());
+    loss.backward();
+    sgd.step();
+  }
+  r.params = net.named_parameters();
+  r.buffers = sgd.state();
+  return r;
+}
+
+// The losses, the momentum buffers (the running sum of every step's gradient and weight
+// decay: they stand for the updates, as p_after - p_before would lose float32's last
+// bits to cancellation) and the parameters of `a` against those of the reference `b`.
+void expect_trained_agree(const Trained& a, const Trained& b, double tol) {
+  ASSERT_EQ(a.losses.size(), b.losses.size());
+  for (size_t s = 0; s < b.losses.size(); ++s)
+    EXPECT_NEAR(a.losses[s], b.losses[s], tol * std::fabs(b.losses[s])) << "loss of step " << s;
+  ASSERT_EQ(a.params.size(), b.params.size());
+  ASSERT_EQ(a.buffers.size(), b.params.size());
+  ASSERT_EQ(b.buffers.size(), b.params.size());
+  double worst = 0;
+  std::string worst_name;
+  for (size_t i = 0; i < b.params.size(); ++i) {
+    const std::string& n = b.params[i].first;
+    ASSERT_EQ(a.params[i].first, n);
+    ASSERT_TRUE(a.buffers[i].defined() && b.buffers[i].defined()) << "no momentum buffer for " << n;
+    EXPECT_EQ(a.buffers[i].device(), a.params[i].second.device()) << n;
+    const double e = rel_error(a.buffers[i], b.buffers[i]);
+    EXPECT_LT(e, tol) << "momentum buffer of " << n;
+    EXPECT_LT(rel_error(a.params[i].second.detach(), b.params[i].second.detach()), tol) << n;
+    if (e > worst) {
+      worst = e;
+      worst_name = n;
+    }
+  }
+  std::cout << "worst momentum buffer rel. error " << worst << " (" << worst_name << ")\n";
+}
+
+// Two SGD steps in training mode on each device: the losses, the momentum buffers and
+// the parameters agree. Float32 is held against the CPU's float32 (the float64 network
+// would draw other dropout masks), so this check holds only for an input away from the
+// network's float32 kinks (see expect_eval_pass_agrees); the next test keeps kSgdInput so.
 TEST_P(CudaNets, AlexNetSgdStepsMatchCpu) {
   SKIP_WITHOUT_CUDA();
   const DType t = GetParam();
-  Twins twins(nets::Arch::AlexNet, t, 30);
-  twins.cpu->train();
-  twins.gpu->train();
-  const optim::SgdOptions opt(0.01, 0.9, 0.0, 5e-4, true);
-  optim::SGD sgd_cpu(twins.cpu->parameters(), opt), sgd_gpu(twins.gpu->parameters(), opt);
-  const Tensor x = randn({2, 3, 224, 224}, 32, t), x_gpu = x.to(kCuda);
-  for (int step = 0; step < 2; ++step) {
-    SCOPED_TRACE(::testing::Message() << "step " << step);
-    sgd_cpu.zero_grad();
-    sgd_gpu.zero_grad();
-    const Tensor loss_cpu = cross_entropy((*twins.cpu)(x), kTargets);
-    const Tensor loss_gpu = cross_entropy((*twins.gpu)(x_gpu), kTargets);
-    EXPECT_NEAR(loss_gpu.item(), loss_cpu.item(), net_tol(t) * std::fabs(loss_cpu.item()));
-    loss_cpu.backward();
-    loss_gpu.backward();
-    sgd_cpu.step();
-    sgd_gpu.step();
-  }
-  const auto pc = twins.cpu->named_parameters(), pg = twins.gpu->named_parameters();
-  const std::vector<Tensor> bc = sgd_cpu.state(), bg = sgd_gpu.state();
-  ASSERT_EQ(pc.size(), pg.size());
-  ASSERT_EQ(bc.size(), pc.size());
-  ASSERT_EQ(bg.size(), pc.size());
-  for (size_t i = 0; i < pc.size(); ++i) {
-    const std::string& n = pc[i].first;
-    ASSERT_TRUE(pg[i].second.device().is_cuda()) << n;
-    ASSERT_TRUE(bc[i].defined() && bg[i].defined()) << "no momentum buffer for " << n;
-    EXPECT_TRUE(bg[i].device().is_cuda()) << n;
-    EXPECT_LT(rel_error(bg[i], bc[i]), net_tol(t)) << "momentum buffer of " << n;
-    EXPECT_LT(rel_error(pg[i].second.detach(), pc[i].second.detach()), net_tol(t)) << n;
+  Twins twins(nets::Arch::AlexNet, t, kSgdSeed);
+  const Tensor x = randn({2, 3, 224, 224}, kSgdInput, t);
+  const Trained c = two_sgd_steps(*twins.cpu, x);
+  const Trained g = two_sgd_steps(*twins.gpu, x.to(kCuda));
+  for (const auto& [n, p] : g.params) ASSERT_TRUE(p.device().is_cuda()) << n;
+  expect_trained_agree(g, c, net_tol(t));
+}
+
+// The SGD test's input is away from float32's kinks: the CPU's own float32 result moves
+// by less than the float32 tolerance when the input moves by 3e-6 of itself (a few
+// float32 roundings), in three random directions. At batch 2, some millions of ReLU
+// inputs and max-pool comparisons are made over the two steps, and for most inputs one
+// of them lies within rounding of its kink: of the input seeds 32-41, only 34 passes this
+// test. A flipped ReLU or window there moves a gradient by up to 1.5e-1 of its largest
+// magnitude (classifier.1.weight, seed 38), and at seed 32 it moved features.0.weight's
+// buffer by 6.7e-3, which the GPU reproduced exactly (on an H100). The GPU's float32
+// rounding differs from the CPU's by about as much as these moves, so on an input that
+// passes here a difference beyond the tolerance is the GPU's. Runs on the CPU alone.
+TEST(CudaNetsInput, AlexNetSgdStepsInputIsAwayFromFloat32Kinks) {
+  auto train = [](const Tensor& x) {
+    Generator init(kSgdSeed), drop(kSgdSeed + 1);
+    auto net = nets::make_model(nets::Arch::AlexNet, 1000, &init, &drop);
+    net->to(DType::F32);
+    return two_sgd_steps(*net, x);
+  };
+  const Tensor x = randn({2, 3, 224, 224}, kSgdInput, DType::F32);
+  const Trained base = train(x);
+  for (uint64_t direction : {1, 2, 3}) {
+    SCOPED_TRACE(::testing::Message() << "direction " << direction);
+    const Tensor moved = add(x, mul(mul(x, randn(x.shape(), 100 + direction, DType::F32)), 3e-6));
+    expect_trained_agree(train(moved), base, net_tol(DType::F32));
   }
 }
 
