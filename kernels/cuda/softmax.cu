@@ -239,6 +239,10 @@ __host__ __device__ RowStats softmax_row_in_regs(RowRegs<P, T>& row, T* y, int d
 #pragma unroll
   for (int j = 0; j < P; ++j) m = max_of(m, v[j]);
   m = g.max(m);
+  // The sum is in double, a conversion an element. Summing a float row's share in float
+  // with each addition's error gathered in a second float (two_sum) instead ran slower
+  // on an H100: 65536 x 1000 softmax in 215-216 us against 211-213, log-softmax 218
+  // against 215.
   double s = 0;
 #pragma unroll
   for (int j = 0; j < P; ++j)
