@@ -100,7 +100,8 @@ void expect_passes_agree(const Pass& g, const Pass& c, double tol) {
 // A float32 network of ReLUs and max-pools has a discontinuous gradient: a
 // pre-activation within rounding of zero, or two window values within rounding of each
 // other, can go either way in two float32 implementations, and every gradient below it
-// then differs by a whole element's share (up to a few percent of the largest, here).
+// then differs by a whole element's share (in the cases tried here, by up to a fifth of
+// the gradient's largest magnitude).
 // At batch 2, millions of such decisions are made, so for most inputs one of them lies
 // within float32's rounding of its kink, and a float32 comparison at 1e-4 holds only on
 // an input away from all of them. The float32 cases below use such inputs, which the
