@@ -496,7 +496,7 @@ TEST(CudaKernelsOnHost, SoftmaxBlockAndColumnCodeMatchesCpu) {
 #endif
 }
 
-// Float rows apply their row's double (1 / s, the backward's sums) in float, split into
+// Float rows apply their row's double (1 / s, log s, the backward's sums) in float, split into
 // two floats. Against each formula evaluated in double from the same expf values and
 // rounded to float once: every element within an ulp, and almost all equal. Element
 // (o, d, i) of [outer, dim, inner]; the first row has logits of -inf (masked classes):

@@ -58,16 +58,25 @@ Pass run(nn::Module& net, const Tensor& x) {
   return r;
 }
 
+// A network from seed `seed` (its dropout from seed + 1) in dtype t, with the generators
+// it draws from.
+struct Seeded {
+  Generator init, drop;
+  std::shared_ptr<nn::Module> net;
+  Seeded(nets::Arch arch, DType t, uint64_t seed) : init(seed), drop(seed + 1) {
+    net = nets::make_model(arch, 1000, &init, &drop);
+    net->to(t);
+  }
+  Seeded(const Seeded&) = delete;  // net holds pointers to init and drop
+  Seeded& operator=(const Seeded&) = delete;
+};
+
 // Two copies of one seeded network in dtype t, one on each device.
 struct Twins {
-  Generator init_cpu, init_gpu, drop_cpu, drop_gpu;
+  Seeded on_cpu, on_gpu;
   std::shared_ptr<nn::Module> cpu, gpu;
   Twins(nets::Arch arch, DType t, uint64_t seed)
-      : init_cpu(seed), init_gpu(seed), drop_cpu(seed + 1), drop_gpu(seed + 1) {
-    cpu = nets::make_model(arch, 1000, &init_cpu, &drop_cpu);
-    gpu = nets::make_model(arch, 1000, &init_gpu, &drop_gpu);
-    cpu->to(t);
-    gpu->to(t);
+      : on_cpu(arch, t, seed), on_gpu(arch, t, seed), cpu(on_cpu.net), gpu(on_gpu.net) {
     gpu->to(kCuda);
   }
 };
@@ -164,18 +173,14 @@ TEST_P(CudaNets, SqueezeNetForwardBackwardMatchesCpu) {
 TEST(CudaNetsInput, EvalPassInputsAreAwayFromFloat32Kinks) {
   for (const EvalCase& e : {kAlexNetEval, kSqueezeNetEval}) {
     SCOPED_TRACE(nets::arch_name(e.arch));
-    Generator init64(e.seed), init32(e.seed), drop64(e.seed + 1), drop32(e.seed + 1);
-    auto net64 = nets::make_model(e.arch, 1000, &init64, &drop64);
-    auto net32 = nets::make_model(e.arch, 1000, &init32, &drop32);
-    net64->to(DType::F64);
-    net32->to(DType::F32);
-    net64->eval();
-    net32->eval();
+    Seeded net64(e.arch, DType::F64, e.seed), net32(e.arch, DType::F32, e.seed);
+    net64.net->eval();
+    net32.net->eval();
     const Tensor x = randn(e.float32_input, e.seed + 2, DType::F32);
-    const Pass reference = run(*net64, x.to(DType::F64));
+    const Pass reference = run(*net64.net, x.to(DType::F64));
     for (uint64_t direction : {0, 1, 2, 3}) {  // 0: the input itself
       SCOPED_TRACE(::testing::Message() << "direction " << direction);
-      expect_passes_agree(run(*net32, direction == 0 ? x : moved_input(x, direction)), reference,
+      expect_passes_agree(run(*net32.net, direction == 0 ? x : moved_input(x, direction)), reference,
                           net_tol(DType::F32));
     }
   }
@@ -257,10 +262,8 @@ TEST_P(CudaNets, AlexNetSgdStepsMatchCpu) {
 // 6.72e-3); at seed 38 one moved classifier.1.weight's by 1.5e-1.
 TEST(CudaNetsInput, AlexNetSgdStepsInputIsAwayFromFloat32Kinks) {
   auto train = [](const Tensor& x) {
-    Generator init(kSgdSeed), drop(kSgdSeed + 1);
-    auto net = nets::make_model(nets::Arch::AlexNet, 1000, &init, &drop);
-    net->to(DType::F32);
-    return two_sgd_steps(*net, x);
+    const Seeded s(nets::Arch::AlexNet, DType::F32, kSgdSeed);
+    return two_sgd_steps(*s.net, x);
   };
   const Tensor x = randn({2, 3, 224, 224}, kSgdInput, DType::F32);
   const Trained base = train(x);
