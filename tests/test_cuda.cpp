@@ -736,14 +736,17 @@ TEST_P(CudaTyped, MaxPool2dMatchesCpu) {
 // argmax and gradients as the CPU's kernels, bit for bit. The packed kernels (with their
 // index arithmetic) in both of their forms (3x3 at stride 2 with fixed trip counts; any
 // other window), and the flat ones that shapes beyond int get. Values on a coarse grid
-// make ties, and a few NaNs must propagate to their windows.
+// make ties (and zeros of both signs), and a few NaNs, in every other plane, must
+// propagate to their windows (the CPU's rows without one take its NaN-free form).
 template <typename T> void expect_max_pool_code_matches_cpu(const PoolCase& c, uint64_t seed, bool flat) {
   const kernels::Pool2dShape s = engine::detail::max_pool2d_shape(c.x, c.k, c.s, c.p, c.ceil);
   const Tensor r = randn(c.x, seed);
   const int64_t nx = r.numel(), ny = s.N * s.C * s.Ho * s.Wo;
   std::vector<T> x(static_cast<std::size_t>(nx)), gy(static_cast<std::size_t>(ny));
   for (int64_t i = 0; i < nx; ++i) x[i] = static_cast<T>(std::round(r.data<double>()[i] * 2.0));
-  for (int64_t i = 0; i < nx; i += 37) x[i] = std::numeric_limits<T>::quiet_NaN();
+  const int64_t plane = s.H * s.W;
+  for (int64_t i = 0; i < nx; i += 37)
+    if (i / plane % 2 == 0) x[i] = std::numeric_limits<T>::quiet_NaN();
   const Tensor rg = randn({ny}, seed + 1);
   for (int64_t i = 0; i < ny; ++i) gy[i] = static_cast<T>(rg.data<double>()[i]);
 

@@ -72,18 +72,46 @@ inline void window_columns(const float* c, __m256& c0, __m256& c1, __m256& c2) {
   c1 = odd_lanes(lo, hi);
   c2 = even_lanes(_mm256_loadu_ps(c + 2), _mm256_loadu_ps(c + 10));
 }
-// nan_max, 8 lanes.
-inline __m256 nan_max8(__m256 a, __m256 b) {
+// nan_max, 8 lanes. With NoNaN (b holds no NaN) it is (b > a) ? b : a, which is what
+// MAXPS(b, a) returns (its second operand where either is NaN or the two are equal): one
+// instruction for the comparisons, their OR and the blend (a three-micro-op blend on
+// Intel's cores).
+template <bool NoNaN> inline __m256 nan_max8(__m256 a, __m256 b) {
+  if constexpr (NoNaN) return _mm256_max_ps(b, a);
   const __m256 take = _mm256_or_ps(_mm256_cmp_ps(b, a, _CMP_GT_OQ), _mm256_cmp_ps(b, b, _CMP_UNORD_Q));
   return _mm256_blendv_ps(a, b, take);
 }
+// The mask of lanes where nan_max8 takes b: b > a, or b is NaN (not with NoNaN).
+template <bool NoNaN> inline __m256 takes_b(__m256 a, __m256 b) {
+  const __m256 gt = _mm256_cmp_ps(b, a, _CMP_GT_OQ);
+  return NoNaN ? gt : _mm256_or_ps(gt, _mm256_cmp_ps(b, b, _CMP_UNORD_Q));
+}
+// Whether any of x[0, n) is NaN: 16 elements a step, the last 16 (overlapping the steps)
+// for the rest, or masked loads (lanes past n read 0) where n < 16.
+inline bool any_nan(const float* x, int64_t n) {
+  auto unordered = [](const float* p, const float* q) {
+    return _mm256_cmp_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(q), _CMP_UNORD_Q);
+  };
+  __m256 acc;
+  if (n >= 16) {
+    acc = unordered(x + n - 16, x + n - 8);
+    for (int64_t i = 0; i + 16 <= n; i += 16) acc = _mm256_or_ps(acc, unordered(x + i, x + i + 8));
+  } else {
+    const __m256 lo = _mm256_maskload_ps(x, first_lanes(n));
+    const __m256 hi = n > 8 ? _mm256_maskload_ps(x + 8, first_lanes(n - 8)) : _mm256_setzero_ps();
+    acc = _mm256_cmp_ps(lo, hi, _CMP_UNORD_Q);
+  }
+  return _mm256_movemask_ps(acc) != 0;
+}
 // Outputs [first, last) of max_row_inner<float, 3, 2>; the last group of fewer than 8 is
-// stored through a mask (its other lanes read spare entries and are dropped).
+// stored through a mask (its other lanes read spare entries and are dropped). NoNaN: no
+// column maximum is NaN.
+template <bool NoNaN>
 inline void max_row_3x2_avx2(const float* colmax, float* yrow, int64_t first, int64_t last, const Pool2dShape& s) {
   for (int64_t ow = first; ow < last; ow += 8) {
     __m256 c0, c1, c2;
     window_columns(colmax + 2 * ow - s.pw, c0, c1, c2);
-    const __m256 y = nan_max8(nan_max8(c0, c1), c2);
+    const __m256 y = nan_max8<NoNaN>(nan_max8<NoNaN>(c0, c1), c2);
     if (last - ow >= 8)
       _mm256_storeu_ps(yrow + ow, y);
     else
@@ -95,6 +123,7 @@ inline void max_row_3x2_avx2(const float* colmax, float* yrow, int64_t first, in
 // that gave them (int32 bits in float lanes), the windows starting at column w0 + 2i:
 // the maximum, ties to the smaller row, then the smaller column, as max_row_inner_arg;
 // the argmax stored as int64 row * W + column.
+template <bool NoNaN>
 inline void store_window_argmax(const __m256 c[3], const __m256 r[3], int64_t w0, int64_t W, float* y, int64_t* a,
                                 int64_t left) {
   const __m256i col0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(w0)),
@@ -102,9 +131,8 @@ inline void store_window_argmax(const __m256 c[3], const __m256 r[3], int64_t w0
   __m256 best = c[0], br = r[0], bw = _mm256_castsi256_ps(col0);
   for (int j = 1; j < 3; ++j) {
     const __m256 row_less = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_castps_si256(br), _mm256_castps_si256(r[j])));
-    const __m256 take = _mm256_or_ps(
-        _mm256_or_ps(_mm256_cmp_ps(c[j], best, _CMP_GT_OQ), _mm256_cmp_ps(c[j], c[j], _CMP_UNORD_Q)),
-        _mm256_and_ps(_mm256_cmp_ps(c[j], best, _CMP_EQ_OQ), row_less));
+    const __m256 take =
+        _mm256_or_ps(takes_b<NoNaN>(best, c[j]), _mm256_and_ps(_mm256_cmp_ps(c[j], best, _CMP_EQ_OQ), row_less));
     best = _mm256_blendv_ps(best, c[j], take);
     br = _mm256_blendv_ps(br, r[j], take);
     bw = _mm256_blendv_ps(bw, _mm256_castsi256_ps(_mm256_add_epi32(col0, _mm256_set1_epi32(j))), take);
@@ -127,6 +155,7 @@ inline void store_window_argmax(const __m256 c[3], const __m256 r[3], int64_t w0
 }
 
 // The same for max_row_inner_arg<float, 3, 2> (needs H * W < 2^31: int32 indices).
+template <bool NoNaN>
 inline void max_row_3x2_arg_avx2(const float* colmax, const int32_t* colarg, float* yrow, int64_t* arow,
                                  int64_t first, int64_t last, const Pool2dShape& s) {
   for (int64_t ow = first; ow < last; ow += 8) {
@@ -134,7 +163,7 @@ inline void max_row_3x2_arg_avx2(const float* colmax, const int32_t* colarg, flo
     __m256 c[3], r[3];
     window_columns(colmax + w0, c[0], c[1], c[2]);
     window_columns(reinterpret_cast<const float*>(colarg + w0), r[0], r[1], r[2]);  // int32 bits, moved only
-    store_window_argmax(c, r, w0, s.W, yrow + ow, arow + ow, last - ow);
+    store_window_argmax<NoNaN>(c, r, w0, s.W, yrow + ow, arow + ow, last - ow);
   }
 }
 
@@ -148,39 +177,40 @@ struct RowIds {
 
 // vmax = nan_max(nan_max(x0, x1), x2), lane by lane, and with WithArg varg the row that
 // gave it: the same comparisons in the same order as the loops in max_pool_row.
-template <bool WithArg>
+// With NoNaN, x1 and x2 hold no NaN.
+template <bool WithArg, bool NoNaN>
 inline void vertical_3(__m256 x0, __m256 x1, __m256 x2, const RowIds& rows, __m256& vmax, __m256& varg) {
-  const __m256 t1 = _mm256_or_ps(_mm256_cmp_ps(x1, x0, _CMP_GT_OQ), _mm256_cmp_ps(x1, x1, _CMP_UNORD_Q));
-  const __m256 m1 = _mm256_blendv_ps(x0, x1, t1);
-  const __m256 t2 = _mm256_or_ps(_mm256_cmp_ps(x2, m1, _CMP_GT_OQ), _mm256_cmp_ps(x2, x2, _CMP_UNORD_Q));
-  vmax = _mm256_blendv_ps(m1, x2, t2);
-  if constexpr (WithArg) varg = _mm256_blendv_ps(_mm256_blendv_ps(rows.a0, rows.a1, t1), rows.a2, t2);
+  const __m256 m1 = nan_max8<NoNaN>(x0, x1);
+  vmax = nan_max8<NoNaN>(m1, x2);
+  if constexpr (WithArg)
+    varg = _mm256_blendv_ps(_mm256_blendv_ps(rows.a0, rows.a1, takes_b<NoNaN>(x0, x1)), rows.a2, takes_b<NoNaN>(m1, x2));
 }
 
 // vertical_3 over columns w .. w + 7 of the three rows r0, r0 + W, r0 + 2W; columns at or
 // past W are masked out of the loads and read 0.
-template <bool WithArg>
+template <bool WithArg, bool NoNaN>
 inline void vertical_3_lanes(const float* r0, int64_t W, int64_t w, const RowIds& rows, __m256& vmax, __m256& varg) {
   const float* r1 = r0 + W;
   const float* r2 = r1 + W;
   if (W - w >= 8) {
-    vertical_3<WithArg>(_mm256_loadu_ps(r0 + w), _mm256_loadu_ps(r1 + w), _mm256_loadu_ps(r2 + w), rows, vmax, varg);
+    vertical_3<WithArg, NoNaN>(_mm256_loadu_ps(r0 + w), _mm256_loadu_ps(r1 + w), _mm256_loadu_ps(r2 + w), rows, vmax,
+                               varg);
   } else {
     const __m256i m = first_lanes(W - w);
-    vertical_3<WithArg>(_mm256_maskload_ps(r0 + w, m), _mm256_maskload_ps(r1 + w, m), _mm256_maskload_ps(r2 + w, m),
-                        rows, vmax, varg);
+    vertical_3<WithArg, NoNaN>(_mm256_maskload_ps(r0 + w, m), _mm256_maskload_ps(r1 + w, m),
+                               _mm256_maskload_ps(r2 + w, m), rows, vmax, varg);
   }
 }
 
 // The vertical pass over a window of three rows in one sweep, 8 columns at a time (the
 // row buffers' spare entries take the last group's full-width stores): colmax[iw] =
 // nan_max(nan_max(r0, r1), r2) and, with WithArg, colarg[iw] the row that gave it.
-template <bool WithArg>
+template <bool WithArg, bool NoNaN>
 inline void vertical_3_avx2(const float* r0, int64_t W, int32_t row0, float* colmax, int32_t* colarg) {
   const RowIds rows(row0);
   for (int64_t i = 0; i < W; i += 8) {
     __m256 vmax, varg;
-    vertical_3_lanes<WithArg>(r0, W, i, rows, vmax, varg);
+    vertical_3_lanes<WithArg, NoNaN>(r0, W, i, rows, vmax, varg);
     _mm256_storeu_ps(colmax + i, vmax);
     if constexpr (WithArg) _mm256_storeu_ps(reinterpret_cast<float*>(colarg + i), varg);
   }
@@ -203,7 +233,7 @@ inline void columns_from_lanes(const __m256& lo, const __m256& hi, const __m256&
 // reload of the column maxima between the passes, no per-row set-up. The same
 // comparisons in the same order as vertical_3_avx2 followed by max_row_3x2(_arg)_avx2,
 // so the same bits. AlexNet's pool3 (13-wide rows, 6 outputs) is one group a row.
-template <bool WithArg>
+template <bool WithArg, bool NoNaN>
 void max_row_3x2_fused_avx2(const float* top, int64_t W, int32_t row0, float* yrow, int64_t* arow, int64_t Wo) {
   const float* r1 = top + W;
   const float* r2 = r1 + W;
@@ -212,18 +242,18 @@ void max_row_3x2_fused_avx2(const float* top, int64_t W, int32_t row0, float* yr
     const int64_t w0 = 2 * ow;
     // Columns past the row read 0 and reach only outputs >= Wo.
     __m256 vlo, vhi, alo, ahi;
-    vertical_3_lanes<WithArg>(top, W, w0, rows, vlo, alo);
-    vertical_3_lanes<WithArg>(top, W, w0 + 8, rows, vhi, ahi);
+    vertical_3_lanes<WithArg, NoNaN>(top, W, w0, rows, vlo, alo);
+    vertical_3_lanes<WithArg, NoNaN>(top, W, w0 + 8, rows, vhi, ahi);
     // Column w0 + 16 in every lane, through the same vector comparisons (branch-free).
     __m256 v16 = _mm256_setzero_ps(), a16 = _mm256_setzero_ps();
     if (w0 + 16 < W)
-      vertical_3<WithArg>(_mm256_broadcast_ss(top + w0 + 16), _mm256_broadcast_ss(r1 + w0 + 16),
-                          _mm256_broadcast_ss(r2 + w0 + 16), rows, v16, a16);
+      vertical_3<WithArg, NoNaN>(_mm256_broadcast_ss(top + w0 + 16), _mm256_broadcast_ss(r1 + w0 + 16),
+                                 _mm256_broadcast_ss(r2 + w0 + 16), rows, v16, a16);
     __m256 c0, c1, c2;
     columns_from_lanes(vlo, vhi, v16, c0, c1, c2);
     const int64_t left = Wo - ow;
     if constexpr (!WithArg) {
-      const __m256 y = nan_max8(nan_max8(c0, c1), c2);
+      const __m256 y = nan_max8<NoNaN>(nan_max8<NoNaN>(c0, c1), c2);
       if (left >= 8)
         _mm256_storeu_ps(yrow + ow, y);
       else
@@ -232,7 +262,7 @@ void max_row_3x2_fused_avx2(const float* top, int64_t W, int32_t row0, float* yr
       const __m256 c[3] = {c0, c1, c2};
       __m256 r[3];
       columns_from_lanes(alo, ahi, a16, r[0], r[1], r[2]);  // int32 bits, moved only
-      store_window_argmax(c, r, w0, W, yrow + ow, arow + ow, left);
+      store_window_argmax<NoNaN>(c, r, w0, W, yrow + ow, arow + ow, left);
     }
   }
 }
@@ -248,7 +278,10 @@ constexpr int64_t kRowSpare = 16;
 //               holding it (contiguous: vectorises);
 //   horizontal: y[ow] = max over the window's columns of colmax, strided by sw.
 // Ties go to the first element in row-major order, as the one-pass scan gives: the
-// smallest row, then the smallest column. NaN propagates, as in PyTorch.
+// smallest row, then the smallest column. NaN propagates, as in PyTorch. The AVX2 code
+// (float) first scans the window's rows (contiguous) for NaN: without one, no column
+// maximum holds one either, and every comparison drops its NaN term (the NoNaN forms of
+// nan_max8 and takes_b, the same bits).
 template <typename T>
 void max_pool_row(const T* xp, T* yrow, int64_t* arow, int64_t oh, const Pool2dShape& s, T* colmax,
                   int32_t* colarg) {
@@ -261,23 +294,31 @@ void max_pool_row(const T* xp, T* yrow, int64_t* arow, int64_t oh, const Pool2dS
   last = std::max(first, std::min(last, s.Wo));
   bool vertical_done = false;
 #if defined(__AVX2__)
-  if constexpr (std::is_same_v<T, float>)
+  // f(std::true_type) where the window's rows hold no NaN, f(std::false_type) otherwise.
+  [[maybe_unused]] bool no_nan = false;
+  [[maybe_unused]] auto nan_form = [&no_nan](auto f) { no_nan ? f(std::true_type{}) : f(std::false_type{}); };
+  if constexpr (std::is_same_v<T, float>) {
+    no_nan = (he - hs == 3 || (s.kw == 3 && s.sw == 2)) && !any_nan(top, (he - hs) * s.W);  // where it is used
     if (he - hs == 3 && s.kw == 3 && s.sw == 2 && first == 0 && last == s.Wo &&
         (arow == nullptr || s.H * s.W < (int64_t{1} << 31))) {  // no edges: the fused pass
-      if (arow != nullptr)
-        max_row_3x2_fused_avx2<true>(top, s.W, static_cast<int32_t>(hs), yrow, arow, s.Wo);
-      else
-        max_row_3x2_fused_avx2<false>(top, s.W, static_cast<int32_t>(hs), yrow, arow, s.Wo);
+      nan_form([&](auto nn) {
+        if (arow != nullptr)
+          max_row_3x2_fused_avx2<true, decltype(nn)::value>(top, s.W, static_cast<int32_t>(hs), yrow, arow, s.Wo);
+        else
+          max_row_3x2_fused_avx2<false, decltype(nn)::value>(top, s.W, static_cast<int32_t>(hs), yrow, arow, s.Wo);
+      });
       return;
     }
-  if constexpr (std::is_same_v<T, float>)
     if (he - hs == 3) {
-      if (arow != nullptr)
-        vertical_3_avx2<true>(top, s.W, static_cast<int32_t>(hs), colmax, colarg);
-      else
-        vertical_3_avx2<false>(top, s.W, static_cast<int32_t>(hs), colmax, colarg);
+      nan_form([&](auto nn) {
+        if (arow != nullptr)
+          vertical_3_avx2<true, decltype(nn)::value>(top, s.W, static_cast<int32_t>(hs), colmax, colarg);
+        else
+          vertical_3_avx2<false, decltype(nn)::value>(top, s.W, static_cast<int32_t>(hs), colmax, colarg);
+      });
       vertical_done = true;
     }
+  }
 #endif
   if (!vertical_done) {
     for (int64_t iw = 0; iw < s.W; ++iw) colmax[iw] = top[iw];
@@ -309,7 +350,7 @@ void max_pool_row(const T* xp, T* yrow, int64_t* arow, int64_t oh, const Pool2dS
 #if defined(__AVX2__)
     if constexpr (std::is_same_v<T, float>)
       if (avx2) {
-        max_row_3x2_avx2(colmax, yrow, first, last, s);
+        nan_form([&](auto nn) { max_row_3x2_avx2<decltype(nn)::value>(colmax, yrow, first, last, s); });
         done = last;
       }
 #endif
@@ -332,7 +373,7 @@ void max_pool_row(const T* xp, T* yrow, int64_t* arow, int64_t oh, const Pool2dS
 #if defined(__AVX2__)
   if constexpr (std::is_same_v<T, float>)
     if (avx2 && s.H * s.W < (int64_t{1} << 31)) {
-      max_row_3x2_arg_avx2(colmax, colarg, yrow, arow, first, last, s);
+      nan_form([&](auto nn) { max_row_3x2_arg_avx2<decltype(nn)::value>(colmax, colarg, yrow, arow, first, last, s); });
       done = last;
     }
 #endif
