@@ -263,8 +263,9 @@ TEST(MaxPool2d, CeilModeShapesMatchPyTorch) {
 // in a vectorised loop). Both must give the same values as a plain scan of each window,
 // with ties (values from a small set) and NaNs (which win, as in PyTorch), for the shapes
 // of AlexNet and SqueezeNet and for padding, ceil_mode and other strides. Equal values,
-// not always equal bits: where a window's maximum is a zero of both signs, the pass
-// without a graph (column maxima first) may give the other one than the scan's first.
+// not always equal bits: where a window's maximum is 0 and it holds zeros of both signs,
+// the pass without a graph (column maxima first) may return the other zero than the
+// scan, which keeps the first in row-major order.
 // NaNs only in every other plane: rows without one take the float kernels' NaN-free form.
 TEST(MaxPool2d, WithAndWithoutAGraphEqualAPlainScan) {
   struct C {
