@@ -72,19 +72,18 @@ inline void window_columns(const float* c, __m256& c0, __m256& c1, __m256& c2) {
   c1 = odd_lanes(lo, hi);
   c2 = even_lanes(_mm256_loadu_ps(c + 2), _mm256_loadu_ps(c + 10));
 }
+// The mask of lanes where nan_max8 takes b: b > a, or b is NaN (not with NoNaN).
+template <bool NoNaN> inline __m256 takes_b(__m256 a, __m256 b) {
+  const __m256 gt = _mm256_cmp_ps(b, a, _CMP_GT_OQ);
+  return NoNaN ? gt : _mm256_or_ps(gt, _mm256_cmp_ps(b, b, _CMP_UNORD_Q));
+}
 // nan_max, 8 lanes. With NoNaN (b holds no NaN) it is (b > a) ? b : a, which is what
 // MAXPS(b, a) returns (its second operand where either is NaN or the two are equal): one
 // instruction for the comparisons, their OR and the blend (a three-micro-op blend on
 // Intel's cores).
 template <bool NoNaN> inline __m256 nan_max8(__m256 a, __m256 b) {
   if constexpr (NoNaN) return _mm256_max_ps(b, a);
-  const __m256 take = _mm256_or_ps(_mm256_cmp_ps(b, a, _CMP_GT_OQ), _mm256_cmp_ps(b, b, _CMP_UNORD_Q));
-  return _mm256_blendv_ps(a, b, take);
-}
-// The mask of lanes where nan_max8 takes b: b > a, or b is NaN (not with NoNaN).
-template <bool NoNaN> inline __m256 takes_b(__m256 a, __m256 b) {
-  const __m256 gt = _mm256_cmp_ps(b, a, _CMP_GT_OQ);
-  return NoNaN ? gt : _mm256_or_ps(gt, _mm256_cmp_ps(b, b, _CMP_UNORD_Q));
+  return _mm256_blendv_ps(a, b, takes_b<false>(a, b));
 }
 // Whether any of x[0, n) is NaN: 16 elements a step, the last 16 (overlapping the steps)
 // for the rest, or masked loads (lanes past n read 0) where n < 16.
