@@ -479,6 +479,36 @@ TEST(CudaKernelsOnHost, WarpSoftmaxCodeMatchesCpu) {
 #endif
 }
 
+// Float rows a multiple of 4 long go a float4 at a time only where x and y are 16-byte
+// aligned. Rows that start 4 bytes past a boundary (a view one float into its storage)
+// take the scalar loads: same results as the CPU, and no misaligned float4 access (UBSan's
+// alignment check in the sanitized build; a fault on a GPU).
+TEST(CudaKernelsOnHost, MisalignedFloatRowsMatchCpu) {
+#if !ENGINE_HAVE_CUDA
+  GTEST_SKIP() << "built without CUDA: no kernel code to run";
+#else
+  const int64_t outer = 3;
+  uint64_t seed = 75;
+  for (int64_t dim : {100, 1000})
+    for (bool log : {false, true}) {
+      SCOPED_TRACE("dim " + std::to_string(dim) + (log ? " log_softmax" : " softmax"));
+      const int64_t n = outer * dim;
+      const Tensor r = randn({n}, seed++);
+      std::vector<float> x(n + 1), y_cpu(n), y(n + 1, -7.0f);
+      for (int64_t i = 0; i < n; ++i) x[i + 1] = static_cast<float>(4.0 * r.data<double>()[i]);
+      kernels::softmax_forward_cpu<float>(x.data() + 1, y_cpu.data(), outer, dim, 1, log);
+      kernels::softmax_forward_cuda_on_host<float>(x.data() + 1, y.data() + 1, outer, dim, 1, log, 2);
+      EXPECT_EQ(y[0], -7.0f) << "wrote before the output";
+      double diff = 0, ref = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        diff = std::max(diff, std::abs(double(y[i + 1]) - double(y_cpu[i])));
+        ref = std::max(ref, std::abs(double(y_cpu[i])));
+      }
+      EXPECT_LE(diff / ref, 2e-6);
+    }
+#endif
+}
+
 // The block-per-row code (rows past 1024) and the per-column code (inner > 1).
 TEST(CudaKernelsOnHost, SoftmaxBlockAndColumnCodeMatchesCpu) {
 #if !ENGINE_HAVE_CUDA
