@@ -243,9 +243,9 @@ template <bool Vec4, int P> constexpr bool vec4_rows() { return Vec4 && P % 4 ==
 template <bool Vec4, int P> __host__ __device__ __forceinline__ int row_index(int lane, int j) {
   return vec4_rows<Vec4, P>() ? 128 * (j / 4) + 4 * lane + (j & 3) : lane + 32 * j;
 }
-template <bool Vec4, int P>
-__host__ __device__ __forceinline__ void load_row_as(const float* p, int dim, int lane, float fill, float (&v)[P]) {
-  if constexpr (vec4_rows<Vec4, P>()) {
+template <bool Vec4, int P, typename T>
+__host__ __device__ __forceinline__ void load_row_as(const T* p, int dim, int lane, T fill, T (&v)[P]) {
+  if constexpr (vec4_rows<Vec4, P>()) {  // T is float (SoftmaxForwardRow)
 #pragma unroll
     for (int k = 0; k < P / 4; ++k) {
       const int d = 128 * k + 4 * lane;  // d < dim: all four (dim a multiple of 4)
@@ -258,10 +258,6 @@ __host__ __device__ __forceinline__ void load_row_as(const float* p, int dim, in
   } else {
     load_row<P>(p, dim, lane, fill, v);
   }
-}
-template <bool Vec4, int P, typename T>
-__host__ __device__ __forceinline__ void load_row_as(const T* p, int dim, int lane, T fill, T (&v)[P]) {
-  load_row<P>(p, dim, lane, fill, v);
 }
 
 // softmax or log_softmax of a loaded row (-inf past its end) into y.
@@ -292,7 +288,7 @@ __host__ __device__ RowStats softmax_row_in_regs(RowRegs<P, T>& row, T* y, int d
   const RowScalar<T> k(log ? ::log(s) : 1.0 / s);  // log s, or 1 / s
 #pragma unroll
   for (int j = 0; j < P; ++j) v[j] = log ? k.from(v[j]) : k.times(v[j]);
-  if constexpr (vec4_rows<Vec4, P>() && std::is_same_v<T, float>) {
+  if constexpr (vec4_rows<Vec4, P>()) {
 #pragma unroll
     for (int q = 0; q < P / 4; ++q) {
       const int d = 128 * q + 4 * lane;
@@ -334,6 +330,7 @@ __host__ __device__ void softmax_backward_row_in_regs(const RowPairRegs<P, T>& r
 // f.prefetch<P>(), whether a warp holds two rows at once (its next one's loads in flight
 // while it computes the current one) or one.
 template <typename T, bool Vec4 = false> struct SoftmaxForwardRow {
+  static_assert(!Vec4 || std::is_same_v<T, float>, "float4 rows are float rows");
   static constexpr int kMinBlocks32 = sizeof(T) == 4 ? 2 : 1;
   template <int P> using Regs = RowRegs<P, T>;
   template <int P> static constexpr bool prefetch() { return true; }
@@ -580,9 +577,16 @@ template <typename T> __global__ void mean_kernel(const double* v, int64_t n, T*
 
 // Whether the forward's rows go a float4 at a time: float rows longer than 64 (P a
 // multiple of 4) and at most kWarpRowMax, of a multiple of 4, x and y 16-byte aligned.
-template <typename T> bool vec4_forward(const T* x, const T* y, int64_t dim) {
-  return std::is_same_v<T, float> && dim > 64 && dim <= kWarpRowMax && dim % 4 == 0 &&
+bool vec4_forward(const float* x, const float* y, int64_t dim) {
+  return dim > 64 && dim <= kWarpRowMax && dim % 4 == 0 &&
          reinterpret_cast<std::uintptr_t>(x) % 16 == 0 && reinterpret_cast<std::uintptr_t>(y) % 16 == 0;
+}
+
+// f(the forward's row functor for x -> y): float4 rows where vec4_forward allows them.
+template <typename T, typename F> void with_forward_rows(const T* x, T* y, int64_t dim, bool log, const F& f) {
+  if constexpr (std::is_same_v<T, float>)
+    if (vec4_forward(x, y, dim)) return f(SoftmaxForwardRow<T, true>{x, y, dim, log});
+  f(SoftmaxForwardRow<T>{x, y, dim, log});
 }
 
 }  // namespace
@@ -591,9 +595,7 @@ template <typename T>
 void softmax_forward_cuda(const T* x, T* y, int64_t outer, int64_t dim, int64_t inner, bool log) {
   if (dim <= 0) return;  // nothing to write
   if (inner == 1) {
-    if constexpr (std::is_same_v<T, float>)
-      if (vec4_forward(x, y, dim)) return for_each_row(outer, dim, SoftmaxForwardRow<T, true>{x, y, dim, log});
-    for_each_row(outer, dim, SoftmaxForwardRow<T>{x, y, dim, log});
+    with_forward_rows(x, y, dim, log, [&](const auto& row) { for_each_row(outer, dim, row); });
     return;
   }
   cuda::parallel_for(outer * inner, [=] __device__(int64_t k) {
@@ -672,11 +674,8 @@ template <typename T>
 void softmax_forward_cuda_on_host(const T* x, T* y, int64_t outer, int64_t dim, int64_t inner, bool log,
                                   int64_t warps) {
   check_sizes("softmax_forward_cuda_on_host", outer, dim, inner, warps);
-  if (inner == 1) {
-    if constexpr (std::is_same_v<T, float>)
-      if (vec4_forward(x, y, dim)) return rows_on_host(SoftmaxForwardRow<T, true>{x, y, dim, log}, outer, dim, warps);
-    return rows_on_host(SoftmaxForwardRow<T>{x, y, dim, log}, outer, dim, warps);
-  }
+  if (inner == 1)
+    return with_forward_rows(x, y, dim, log, [&](const auto& row) { rows_on_host(row, outer, dim, warps); });
   if (dim == 0) return;
   for (int64_t k = 0; k < outer * inner; ++k) {  // softmax_forward_cuda's columns
     const int64_t o = k / inner, i = k - o * inner, base = o * dim * inner + i;
